@@ -1,0 +1,252 @@
+"""Ablation-CAM.
+
+Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional Network via
+Gradient-free Localization", WACV 2020.
+https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html
+
+Gradient-free. Channel k of the target layer's output is set to zero and the rest of the
+network is run again; the relative drop of the target score is the channel's weight:
+
+    w_k = (y - y_k) / y            (y: original score, y_k: score with channel k zeroed)
+    L   = ReLU(sum_k w_k A_k)
+
+Ablated copies of several channels (and several images) are scored per forward pass.
+``ratio_channels_to_ablate < 1`` ablates only the channels with the largest maximum activation;
+the others get weight 0. Channels are the layer output's dimension 1, or its last dimension
+when a ``reshape_transform`` is given (token layouts keep channels last).
+
+Speed: the ablated copies only need the network *after* the target layer. Where the model can
+be traced with ``torch.fx``, it is split at the target layer once per (model, layer) and only
+the tail runs for the ablated batches; values computed before the layer and used after it
+(e.g. a residual connection that crosses it) are computed once and fed to the tail. The split
+is checked once against the model's own scores. Models that cannot be traced (data-dependent
+control flow, a layer called twice, tuple outputs) fall back to a forward hook that replaces
+the layer's output in a full forward pass. Which path ran is logged at DEBUG level on the
+``"pytorch_cam"`` logger.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import torch
+from torch import fx, nn
+
+from pytorch_cam.base_cam import BaseCAM, logger
+from pytorch_cam.score_cam import check_batch_size, pair_chunks, top_channels
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces the model but keeps the target layer as one opaque call."""
+
+    def __init__(self, leaf: nn.Module) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is self.leaf or super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class TailSplit:
+    """The network after a target layer: ``tail(layer_output, *crossing)`` gives the model output.
+
+    ``head(x)`` returns the ``crossing`` values (computed before the layer, used after it); it is
+    None when there are none.
+    """
+
+    tail: fx.GraphModule
+    head: Optional[fx.GraphModule]
+    verified: bool = False
+
+    def crossing(self, x: torch.Tensor) -> List[Any]:
+        if self.head is None:
+            return []
+        return list(self.head(x))
+
+
+def split_after(model: nn.Module, layer: nn.Module) -> TailSplit:
+    """Split ``model`` at ``layer`` with torch.fx; raises (with the reason) when it cannot."""
+    tracer = _LeafTracer(layer)
+    graph = tracer.trace(model)
+    root = fx.GraphModule(tracer.root, graph)
+    name = next(n for n, m in model.named_modules() if m is layer)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
+    if len(calls) != 1:
+        raise RuntimeError(f"the target layer is called {len(calls)} times in the traced graph")
+    target = calls[0]
+    if any(u.op == "call_function" and u.target is operator.getitem for u in target.users):
+        raise RuntimeError("the target layer returns a tuple or list")
+    nodes = list(graph.nodes)
+    pos = nodes.index(target)
+    before, after = nodes[:pos], nodes[pos + 1 :]
+    before_set = set(before)
+    crossing: List[fx.Node] = []
+    for n in after:
+        for a in n.all_input_nodes:
+            if a in before_set and a.op != "get_attr" and a not in crossing:
+                crossing.append(a)
+
+    tail = fx.Graph()
+    env: Dict[fx.Node, fx.Node] = {target: tail.placeholder("layer_output")}
+    for i, n in enumerate(crossing):
+        env[n] = tail.placeholder(f"crossing_{i}")
+    for n in before:  # parameters and buffers used after the layer
+        if n.op == "get_attr" and any(u in after for u in n.users):
+            env[n] = tail.node_copy(n, lambda a: env[a])
+    for n in after:
+        env[n] = tail.node_copy(n, lambda a: env[a])
+    tail.lint()
+
+    head_gm = None
+    if crossing:
+        head = fx.Graph()
+        henv: Dict[fx.Node, fx.Node] = {}
+        for n in before:
+            henv[n] = head.node_copy(n, lambda a: henv[a])
+        head.output(tuple(henv[n] for n in crossing))
+        head_gm = fx.GraphModule(root, head)
+        head_gm.graph.eliminate_dead_code()
+        head_gm.graph.lint()
+        head_gm.recompile()
+    return TailSplit(tail=fx.GraphModule(root, tail), head=head_gm)
+
+
+class AblationCAM(BaseCAM):
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers,
+        reshape_transform=None,
+        ablation_layer: Any = None,
+        batch_size: Union[int, str] = "auto",
+        ratio_channels_to_ablate: float = 1.0,
+        progress: bool = True,
+        device=None,
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform=reshape_transform,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        if ablation_layer is not None:
+            raise ValueError(
+                "ablation_layer is not needed: pytorch_cam ablates the target layer's output "
+                "directly (channel dim 1, or the last dim with a reshape_transform); drop the argument"
+            )
+        if not 0.0 < ratio_channels_to_ablate <= 1.0:
+            raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}")
+        check_batch_size(batch_size)
+        self.ratio_channels_to_ablate = ratio_channels_to_ablate
+        self._splits: Dict[int, Optional[TailSplit]] = {}  # id(layer) -> split, None: not splittable
+
+    def _channel_dim(self, raw: torch.Tensor) -> int:
+        return 1 if self.reshape_transform is None else raw.ndim - 1
+
+    def run_with_layer_output(self, layer: nn.Module, input_rows: torch.Tensor, new_output: torch.Tensor) -> Any:
+        """Model outputs when ``layer`` produces ``new_output`` instead of its own result."""
+
+        def replace(module: nn.Module, inputs: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (new_output, *output[1:])
+            if isinstance(output, list):
+                return [new_output, *output[1:]]
+            return new_output
+
+        handle = layer.register_forward_hook(replace)
+        try:
+            return self.model(input_rows)
+        finally:
+            handle.remove()
+
+    def _pair_chunks(self, keep: torch.Tensor, key: Any = None, pixels: int = 224 * 224) -> Iterator[tuple]:
+        return pair_chunks(self, keep, key, pixels)
+
+    def tail_split(self, layer: nn.Module) -> Optional[TailSplit]:
+        """The cached fx split of the model after ``layer``, or None when it cannot be split."""
+        key = id(layer)
+        if key not in self._splits:
+            try:
+                self._splits[key] = split_after(self.model, layer)
+            except Exception as exc:  # any tracing failure means: use the hook path instead
+                logger.debug(
+                    "AblationCAM: cannot split the model after %s with torch.fx (%s: %s); falling back "
+                    "to the forward-hook path, which runs the whole model for every ablated batch",
+                    type(layer).__name__,
+                    type(exc).__name__,
+                    exc,
+                )
+                self._splits[key] = None
+        return self._splits[key]
+
+    def _tail_runner(self, layer: nn.Module, input_tensor: torch.Tensor, raw: torch.Tensor, targets: list):
+        """A function (image rows, new layer output) -> model outputs; the fx tail where possible."""
+        split = self.tail_split(layer) if torch.is_tensor(raw) else None
+        if split is not None:
+            crossing = split.crossing(input_tensor)
+            n = input_tensor.shape[0]
+            if any(torch.is_tensor(v) and (v.ndim == 0 or v.shape[0] not in (1, n)) for v in crossing):
+                split = None
+                logger.debug(
+                    "AblationCAM: a value crossing %s is not batched per image; falling back to the forward-hook path",
+                    type(layer).__name__,
+                )
+        if split is not None and not split.verified:
+            # Check once that the tail reproduces the model's own target scores.
+            rows = torch.arange(input_tensor.shape[0], device=input_tensor.device)
+            got = self._score_rows(split.tail(raw, *crossing), targets, rows)
+            want = self._state.target_scores.to(got.device, got.dtype)
+            if torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6):
+                split.verified = True
+            else:
+                logger.debug(
+                    "AblationCAM: the torch.fx tail after %s does not reproduce the model's scores; "
+                    "falling back to the forward-hook path",
+                    type(layer).__name__,
+                )
+                self._splits[id(layer)] = split = None
+        if split is None:
+            logger.debug("AblationCAM: %s: forward-hook path (whole model per batch)", type(layer).__name__)
+            return lambda b_idx, new: self.run_with_layer_output(layer, input_tensor[b_idx], new)
+        logger.debug("AblationCAM: %s: torch.fx split, running only the network after it", type(layer).__name__)
+
+        def run(b_idx: torch.Tensor, new: torch.Tensor) -> Any:
+            rows = [v[b_idx] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n > 1 else v for v in crossing]
+            return split.tail(new, *rows)
+
+        return run
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+        state = self._state
+        index = next(i for i, m in enumerate(self.target_layers) if m is target_layer)
+        raw = state.raw_activations[index]
+        dim = self._channel_dim(raw)
+        b, c = activations.shape[:2]
+        if raw.shape[dim] != c:
+            raise ValueError(
+                f"AblationCAM could not map the {c} channels of the reshaped activations to the "
+                f"layer output {tuple(raw.shape)} (expected {c} along dim {dim})"
+            )
+        k = max(1, round(self.ratio_channels_to_ablate * c))
+        keep = top_channels(activations, k, "max")
+        original = state.target_scores.to(activations.device)
+        ablated = original[:, None].expand(b, c).clone()  # skipped channels: no drop, weight 0
+        with torch.inference_mode():
+            run = self._tail_runner(target_layer, input_tensor, raw, targets)
+            key = ("ablate", index, tuple(input_tensor.shape[1:]), input_tensor.dtype)
+            pixels = math.prod(input_tensor.shape[2:])
+            for b_idx, c_idx in self._pair_chunks(keep, key, pixels):
+                new = raw[b_idx].clone()
+                new.movedim(dim, 1)[torch.arange(b_idx.numel(), device=new.device), c_idx] = 0
+                ablated[b_idx, c_idx] = self._score_rows(run(b_idx, new), targets, b_idx).to(ablated.dtype)
+        original = original[:, None]
+        safe = torch.where(original.abs() < 1e-12, torch.full_like(original, 1e-12), original)
+        return ((original - ablated) / safe).clone()

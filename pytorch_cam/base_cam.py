@@ -1,0 +1,619 @@
+"""The shared CAM pipeline.
+
+``BaseCAM`` owns everything the methods have in common: capturing target-layer activations (and
+their gradients), targets, ``reshape_transform``, test-time augmentation, eigen smoothing,
+multi-layer aggregation, upsampling and scaling. A method only says how to weight the
+activation channels (``get_cam_weights``) or, rarely, how to combine weights and activations
+(``weighted_activations``).
+
+Everything stays on the model's device as torch tensors until the final map, which is returned
+as a numpy array of shape (B, H, W) (or (B, D, H, W) for volumes) with values in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytorch_cam.utils.find_layers import (
+    find_default_target_layers,
+    find_transformer_target_layers,
+    guess_channels_last,
+    known_num_prefix_tokens,
+)
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.reshape_transforms import (
+    accepts_input_size,
+    infer_token_grid,
+    make_vit_reshape_transform,
+    swin_reshape_transform,
+)
+
+logger = logging.getLogger("pytorch_cam")
+
+Target = Callable[[Any], torch.Tensor]
+TargetLike = Union[Target, int]
+
+
+@dataclass
+class CallState:
+    """What one ``__call__`` captured; methods read it while computing their weights."""
+
+    input_tensor: torch.Tensor
+    outputs: Any
+    targets: list
+    target_scores: Optional[torch.Tensor] = None  # (B,) score of each image's target
+    raw_activations: dict = field(default_factory=dict)  # layer index -> layer output as produced
+    input_gradient: Optional[torch.Tensor] = None  # d(score)/d(input) when compute_input_gradient
+    cache: dict = field(default_factory=dict)  # per-call scratch space, e.g. results shared by all layers
+
+
+def min_max_scale(cam: torch.Tensor) -> torch.Tensor:
+    """Scale every map in a batch (B, *S) to [0, 1]; a constant map becomes all zeros."""
+    flat = cam.reshape(cam.shape[0], -1)
+    lo = flat.amin(dim=1, keepdim=True)
+    rng = flat.amax(dim=1, keepdim=True) - lo
+    safe = torch.where(rng > 0, rng, torch.ones_like(rng))
+    scaled = torch.where(rng > 0, (flat - lo) / safe, torch.zeros_like(flat))
+    return scaled.reshape(cam.shape)
+
+
+def resize_maps(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize maps (B, *S) to ``size`` with (bi|tri)linear interpolation, half-pixel centres."""
+    if tuple(cam.shape[1:]) == tuple(size):
+        return cam
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(cam[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
+
+
+def first_principal_component(x: torch.Tensor) -> torch.Tensor:
+    """Project each image's (C, *S) tensor on its first principal component -> (B, *S).
+
+    Positions are samples and channels are features; the samples are centred before the SVD.
+    A principal component's sign is arbitrary, so we fix it: the projection is negated when its
+    most negative value is larger in magnitude than its most positive one. This makes the map
+    deterministic and points it at the dominant structure.
+    """
+    b, c = x.shape[:2]
+    spatial = x.shape[2:]
+    flat = x.reshape(b, c, -1).transpose(1, 2).float()  # (B, N, C)
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    proj = torch.bmm(centred, vh[:, 0, :, None])[..., 0]  # (B, N)
+    flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
+    proj = torch.where(flip[:, None], -proj, proj)
+    return proj.reshape(b, *spatial).to(x.dtype)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> torch.device:
+    """The device CAM tensors live on: the model's, checked against an explicit request."""
+    actual = model_device(model)
+    if device is None:
+        return actual
+    want = torch.device(device)
+    if want.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} was requested but CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False); use device='cpu' or drop --use-cuda"
+        )
+    if want.type != actual.type or (want.index is not None and want.index != actual.index):
+        raise ValueError(
+            f"device={str(device)!r} but the model's parameters are on {actual}; move the model "
+            f"first with model.to({str(device)!r})"
+        )
+    return actual
+
+
+class BaseCAM:
+    """Abstract base of every CAM method. Subclasses override ``get_cam_weights``.
+
+    Args:
+        model: any ``nn.Module``; it is evaluated in eval mode during a call and restored after.
+        target_layers: the modules whose outputs are explained; several give one map each,
+            averaged after resizing to the input. ``None`` picks a default (logged at INFO): the
+            last block's first norm for torchvision/timm ViT, DeiT and Swin, otherwise the last
+            spatial layer before global pooling, found with one dry forward on the first call
+            (see ``pytorch_cam.utils.find_layers``).
+        reshape_transform: turns a layer output that is not (B, C, *spatial) — e.g. ViT tokens
+            (B, N, C) — into that layout; applied to activations and gradients alike. It is
+            called as ``transform(tensor, input_size=(H, W))`` when its signature has an
+            ``input_size`` keyword, else ``transform(tensor)``. ``None`` with token (B, N, C) or
+            channels-last Swin (B, H, W, C) outputs infers ``vit_reshape_transform`` /
+            ``swin_reshape_transform`` on the first call (logged at INFO) and stores it here.
+        batch_size: how many masked/ablated inputs the gradient-free methods score per forward.
+        device: optional check that the model lives where you expect (e.g. ``"cuda"``).
+        progress: show a tqdm bar for the batched scoring of gradient-free methods.
+    """
+
+    #: whether the method needs gradients of the target w.r.t. the activations
+    uses_gradients: bool = True
+    #: whether the map is always the first principal component of the weighted activations
+    always_project: bool = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Union[Sequence[nn.Module], nn.Module, None] = None,
+        reshape_transform: Optional[Callable[..., torch.Tensor]] = None,
+        compute_input_gradient: bool = False,
+        uses_gradients: Optional[bool] = None,
+        tta_transforms: Any = None,
+        batch_size: Union[int, str] = 32,
+        device: Union[str, torch.device, None] = None,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        if isinstance(target_layers, nn.Module):
+            target_layers = [target_layers]
+        if target_layers is None:
+            # Transformer families are known now (and logged); other models need the first call's
+            # input for a dry forward, so their default is found lazily in forward().
+            if find_transformer_target_layers(model) is not None:
+                target_layers = find_default_target_layers(model)
+        elif len(target_layers) == 0:
+            raise ValueError(
+                "target_layers is empty; pass the modules to explain, e.g. "
+                "target_layers=[model.layer4[-1]] for a ResNet, or target_layers=None for a default"
+            )
+        known = {id(m) for m in model.modules()}
+        for layer in target_layers or []:
+            if not isinstance(layer, nn.Module):
+                raise TypeError(f"each target layer must be an nn.Module, got {type(layer).__name__}")
+            if id(layer) not in known:
+                raise ValueError(
+                    f"target layer {type(layer).__name__} is not a submodule of the model; pass a "
+                    "module taken from this model, e.g. model.layer4[-1]"
+                )
+        self.target_layers: Optional[list] = None if target_layers is None else list(target_layers)
+        self.reshape_transform = reshape_transform
+        self.compute_input_gradient = compute_input_gradient
+        if uses_gradients is not None:
+            self.uses_gradients = uses_gradients
+        self.tta_transforms = tta_transforms
+        self.batch_size = batch_size
+        self.device = resolve_device(device, model)
+        self.progress = progress
+        self._state: Optional[CallState] = None
+
+    # ------------------------------------------------------------------ extension points
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: list,
+        activations: torch.Tensor,
+        grads: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Channel weights (B, C), or element-wise weights shaped like ``activations``."""
+        raise NotImplementedError
+
+    def weighted_activations(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: list,
+        activations: torch.Tensor,
+        grads: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """The (B, C, *S) tensor whose channel sum (or first principal component) is the map."""
+        weights = self.get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+        if weights.ndim == 2:
+            weights = weights.reshape(*weights.shape, *([1] * (activations.ndim - 2)))
+        return weights.to(activations.dtype) * activations
+
+    # ------------------------------------------------------------------ public API
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[Sequence[TargetLike]] = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        return self.forward(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[Sequence[TargetLike]] = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        """Compute one map per image: numpy float32 (B, *input spatial) in [0, 1]."""
+        x = self._check_input(input_tensor)
+        if self.target_layers is None:
+            self.target_layers = find_default_target_layers(self.model, x[:1])
+        if aug_smooth:
+            cam = self._forward_augmented(x, targets, eigen_smooth)
+        else:
+            cam = self._forward_tensor(x, targets, eigen_smooth)
+        return cam.detach().float().cpu().numpy()
+
+    def release(self) -> None:
+        """Kept for API compatibility: hooks only exist during a call, so there is nothing left."""
+        self._state = None
+
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
+        # Never return True: an exception raised inside ``with`` always propagates.
+        self.release()
+
+    # ------------------------------------------------------------------ pipeline
+    def _check_input(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(input_tensor):
+            raise TypeError(
+                f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}; "
+                "convert images with pytorch_cam.utils.image.preprocess_image"
+            )
+        if input_tensor.ndim not in (4, 5):
+            hint = " Add the batch dimension with x.unsqueeze(0)." if input_tensor.ndim == 3 else ""
+            raise ValueError(
+                f"input_tensor must be a batch of shape (B, C, H, W) (or (B, C, D, H, W) for "
+                f"volumes); got a {input_tensor.ndim}-D tensor of shape "
+                f"{tuple(input_tensor.shape)}.{hint}"
+            )
+        if not input_tensor.is_floating_point():
+            raise TypeError(
+                f"input_tensor must be a floating point tensor, got {input_tensor.dtype}; "
+                "normalise images with pytorch_cam.utils.image.preprocess_image"
+            )
+        x = input_tensor.detach().to(self.device)
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = (~finite).reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"input_tensor contains NaN or Inf values (images {bad} of the batch); "
+                "clean the input, e.g. with torch.nan_to_num, before computing a CAM"
+            )
+        return x
+
+    def _resolve_targets(self, targets: Optional[Sequence[TargetLike]], outputs: Any, n: int) -> list:
+        if targets is None:
+            if not torch.is_tensor(outputs) or outputs.ndim != 2:
+                shape = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
+                raise ValueError(
+                    f"targets=None picks each image's top class, which needs a (B, classes) "
+                    f"output; this model returns {shape}. Pass explicit targets, e.g. "
+                    "SemanticSegmentationTarget for segmentation"
+                )
+            return [ClassifierOutputTarget(c) for c in outputs.argmax(dim=-1).tolist()]
+        if isinstance(targets, (int, np.integer)) or callable(targets):
+            raise TypeError("targets must be a list with one target per image, e.g. [ClassifierOutputTarget(281)]")
+        targets = list(targets)
+        if len(targets) != n:
+            raise ValueError(
+                f"got {len(targets)} targets for a batch of {n} images; pass exactly one target per "
+                "image (or targets=None for each image's top class)"
+            )
+        resolved = []
+        for t in targets:
+            if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+                resolved.append(ClassifierOutputTarget(int(t)))
+            elif callable(t):
+                resolved.append(t)
+            else:
+                raise TypeError(f"a target must be a class index or a callable(model_output) -> scalar, got {t!r}")
+        return resolved
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Evaluate in eval mode and restore every module's own training flag afterwards."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    @contextmanager
+    def _capture(self, need_grads: bool) -> Iterator[dict]:
+        """Forward hooks on the target layers for the duration of one forward pass."""
+        store: dict = {}
+        handles = []
+
+        def make_hook(index: int, layer: nn.Module):
+            def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+                tensor = output[0] if isinstance(output, (tuple, list)) else output
+                if not torch.is_tensor(tensor):
+                    raise TypeError(
+                        f"target layer {index} ({type(layer).__name__}) returned "
+                        f"{type(output).__name__}, not a tensor; choose a layer that outputs a tensor"
+                    )
+                if need_grads and not tensor.requires_grad:
+                    # The network before the target layer ran without autograd (see capture_pass),
+                    # or the trunk is frozen: record the rest of the forward from here on, without
+                    # touching the user's requires_grad flags.
+                    torch.set_grad_enabled(True)
+                    tensor = tensor.detach().requires_grad_(True)
+                store[index] = tensor
+                # The model continues on a copy: in-place ops after the layer (ReLU(inplace=True),
+                # ResNet's `out += identity`) would otherwise overwrite the captured activation and
+                # make autograd return the gradient w.r.t. the modified tensor instead.
+                replaced = tensor.clone()
+                if isinstance(output, tuple):
+                    return (replaced, *output[1:])
+                if isinstance(output, list):
+                    return [replaced, *output[1:]]
+                return replaced
+
+            return hook
+
+        try:
+            for i, layer in enumerate(self.target_layers):
+                handles.append(layer.register_forward_hook(make_hook(i, layer)))
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _layer_name(self, index: int) -> str:
+        layer = self.target_layers[index]
+        for name, m in self.model.named_modules():
+            if m is layer:
+                return f"'{name}' ({type(layer).__name__})"
+        return type(layer).__name__
+
+    def _forward_tensor(
+        self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool
+    ) -> torch.Tensor:
+        """The whole pipeline for one (un-augmented) batch; returns maps (B, *S) on the device."""
+        with self._eval_mode():
+            state, grads_raw = self.capture_pass(x, targets)
+            self._state = state
+            try:
+                cam = self.combine_layers(x, state.targets, grads_raw, eigen_smooth)
+            finally:
+                self._state = None
+        return min_max_scale(cam)
+
+    def capture_pass(
+        self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], need_grads: Optional[bool] = None
+    ) -> tuple:
+        """One forward (and, for gradient methods, backward) pass on ``x`` with the layers hooked.
+
+        Returns the call's ``CallState`` and a dict layer index -> raw gradient. Methods that need
+        extra passes (e.g. on noisy copies of the input) call it again; the caller holds eval mode.
+        """
+        if need_grads is None:
+            need_grads = self.uses_gradients
+        grad_ctx = torch.enable_grad() if need_grads else torch.no_grad()
+        input_grad = need_grads and self.compute_input_gradient
+        # The gradient only flows from the scores back to the target layers, so the network before
+        # them runs without autograd and the capture hook switches it on (about one plain forward
+        # pass in all). The input gradient needs the whole graph.
+        forward_ctx = grad_ctx if input_grad else torch.no_grad()
+        with forward_ctx, self._capture(need_grads) as store:
+            x_in = x.detach().requires_grad_(True) if input_grad else x
+            outputs = self.model(x_in)
+            # The capture hook left autograd on; a no_grad block of the model's own around the
+            # target layer switched it back off on exit.
+            forward_disabled_grad = need_grads and not input_grad and not torch.is_grad_enabled()
+        missing = [i for i in range(len(self.target_layers)) if i not in store]
+        if missing:
+            names = ", ".join(self._layer_name(i) for i in missing)
+            raise RuntimeError(
+                f"target layer {names} was never reached by the model's forward pass; "
+                "pick a module that the forward actually calls (print(model) lists them)"
+            )
+        resolved = self._resolve_targets(targets, outputs, x.shape[0])
+        state = CallState(input_tensor=x, outputs=outputs, targets=resolved)
+        grads_raw: dict = {}
+        with grad_ctx:
+            scores = torch.stack([torch.as_tensor(t(o)).reshape(()) for t, o in zip(resolved, outputs)])
+            total = scores.sum()  # inside grad_ctx: callers may hold no_grad (extra passes from a method)
+        state.target_scores = scores.detach()
+        if need_grads:
+            if forward_disabled_grad or not scores.requires_grad:
+                raise RuntimeError(
+                    "the target scores carry no gradient: the model's forward seems to run "
+                    "under torch.no_grad() or torch.inference_mode(). Gradient methods "
+                    "(GradCAM, GradCAM++, XGradCAM, ...) need autograd; remove the no_grad "
+                    "from forward or use a gradient-free method (ScoreCAM, AblationCAM, EigenCAM)"
+                )
+            wrt = [store[i] for i in range(len(self.target_layers))]
+            if self.compute_input_gradient:
+                wrt.append(x_in)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(total, wrt, allow_unused=True)
+            for i, g in enumerate(grads[: len(self.target_layers)]):
+                if g is None:
+                    logger.warning(
+                        "the target score does not depend on target layer %s; its gradient is zero",
+                        self._layer_name(i),
+                    )
+                    g = torch.zeros_like(wrt[i])
+                grads_raw[i] = g.detach()
+            if self.compute_input_gradient:
+                g = grads[-1]
+                state.input_gradient = torch.zeros_like(x) if g is None else g.detach()
+        state.raw_activations = {i: store[i].detach() for i in range(len(self.target_layers))}
+        state.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
+        return state, grads_raw
+
+    def combine_layers(self, x: torch.Tensor, targets: list, grads_raw: dict, eigen_smooth: bool) -> torch.Tensor:
+        """Maps (B, *S) at input resolution from all target layers: the mean of the per-layer maps.
+
+        Extension point for methods whose layers are not explained one by one (e.g. FullGrad).
+        """
+        maps = [self._layer_map(i, x, targets, grads_raw.get(i), eigen_smooth) for i in range(len(self.target_layers))]
+        return torch.stack(maps, dim=1).mean(dim=1)
+
+    def _infer_reshape_transform(self, tensor: torch.Tensor, index: int) -> None:
+        """With no reshape_transform, recognise token / channels-last outputs and pick one."""
+        size = tuple(self._state.input_tensor.shape[2:]) if self._state is not None else None
+        if tensor.ndim == 3 and size is not None and len(size) == 2:
+            prefix = known_num_prefix_tokens(self.model)
+            try:
+                grid = infer_token_grid(tensor.shape[1], size, num_prefix_tokens=prefix)
+            except ValueError as err:
+                raise ValueError(
+                    f"target layer {self._layer_name(index)} produced token-shaped activations "
+                    f"{tuple(tensor.shape)} (B, tokens, channels) and no reshape_transform was given; "
+                    f"inferring the patch grid failed: {err}"
+                ) from err
+            self.reshape_transform = make_vit_reshape_transform(num_prefix_tokens=grid.prefix)
+            logger.info(
+                "target layer %s outputs tokens %s: inferred %d prefix token(s) and a %dx%d patch grid "
+                "for the %dx%d input; using vit_reshape_transform(num_prefix_tokens=%d)",
+                self._layer_name(index),
+                tuple(tensor.shape),
+                grid.prefix,
+                grid.height,
+                grid.width,
+                *size,
+                grid.prefix,
+            )
+        elif tensor.ndim == 4:
+            channels_last = guess_channels_last(self.model, self.target_layers[index], tensor.shape)
+            if channels_last is None:
+                raise ValueError(
+                    f"target layer {self._layer_name(index)} produced {tuple(tensor.shape)}, which may be "
+                    "channels-last (B, H, W, C) or channels-first (B, C, H, W): both dims 1 and 3 match a "
+                    "channel width of the layer. Pass reshape_transform=swin_reshape_transform (from "
+                    "pytorch_cam.utils.reshape_transforms) if it is channels-last (Swin); if it is "
+                    "(B, C, H, W), use an input whose size makes the last dim differ from the channels"
+                )
+            if channels_last:
+                self.reshape_transform = swin_reshape_transform
+                logger.info(
+                    "target layer %s outputs a channels-last (B, H, W, C) map %s; using swin_reshape_transform",
+                    self._layer_name(index),
+                    tuple(tensor.shape),
+                )
+
+    def _to_spatial(self, tensor: torch.Tensor, index: int, what: str) -> torch.Tensor:
+        if self.reshape_transform is None:
+            self._infer_reshape_transform(tensor, index)
+        if self.reshape_transform is not None:
+            transform = self.reshape_transform
+            if self._state is not None and accepts_input_size(transform):
+                tensor = transform(tensor, input_size=tuple(self._state.input_tensor.shape[2:]))
+            else:
+                tensor = transform(tensor)
+        if tensor.ndim < 3:
+            raise ValueError(
+                f"target layer {self._layer_name(index)} produced {what} of shape "
+                f"{tuple(tensor.shape)}, which has no spatial dimensions; choose a layer before "
+                "global pooling (e.g. model.layer4[-1] for a ResNet)"
+            )
+        if tensor.ndim == 3:
+            hint = (
+                "pass reshape_transform=vit_reshape_transform (from pytorch_cam.utils."
+                "reshape_transforms) for ViT/DeiT tokens, or swin_reshape_transform for Swin"
+                if self.reshape_transform is None
+                else "your reshape_transform must return (B, C, H, W)"
+            )
+            raise ValueError(
+                f"target layer {self._layer_name(index)} produced token-shaped {what} "
+                f"{tuple(tensor.shape)} (B, tokens, channels) instead of (B, C, H, W); {hint}"
+            )
+        return tensor
+
+    def _layer_map(
+        self,
+        index: int,
+        x: torch.Tensor,
+        targets: list,
+        grads_raw: Optional[torch.Tensor],
+        eigen_smooth: bool,
+    ) -> torch.Tensor:
+        assert self._state is not None
+        layer = self.target_layers[index]
+        acts = self._to_spatial(self._state.raw_activations[index], index, "activations")
+        grads = self._to_spatial(grads_raw, index, "gradients") if grads_raw is not None else None
+        if not bool(torch.isfinite(acts).all()):
+            raise RuntimeError(
+                f"target layer {self._layer_name(index)} produced NaN/Inf activations for a finite "
+                "input; check the model (e.g. its normalisation) before explaining it"
+            )
+        with torch.no_grad():
+            weighted = self.weighted_activations(x, layer, targets, acts, grads)
+            if eigen_smooth or self.always_project:
+                cam = first_principal_component(weighted)
+            else:
+                cam = weighted.sum(dim=1)
+            cam = torch.relu(cam).float()
+            return resize_maps(min_max_scale(cam), x.shape[2:])
+
+    def _forward_augmented(
+        self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool
+    ) -> torch.Tensor:
+        """Test-time augmentation: a map per augmented copy, de-augmented, then averaged."""
+        if x.ndim != 4:
+            raise ValueError("aug_smooth supports 2-D image batches (B, C, H, W) only")
+        import ttach as tta
+
+        transforms = self.tta_transforms
+        if transforms is None:
+            transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
+        if targets is None:
+            # Explain the class predicted for the original image in every augmented copy.
+            with self._eval_mode(), torch.no_grad():
+                outputs = self.model(x)
+            targets = self._resolve_targets(None, outputs, x.shape[0])
+            del outputs
+        total = None
+        count = 0
+        for transformer in transforms:
+            augmented = transformer.augment_image(x)
+            cam = self._forward_tensor(augmented, targets, eigen_smooth)
+            cam = transformer.deaugment_mask(cam[:, None])[:, 0]
+            total = cam if total is None else total + cam
+            count += 1
+        return total / count
+
+    # ------------------------------------------------------------------ helpers for batched methods
+    def _chunk_size(self) -> int:
+        bs = self.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise ValueError(f"batch_size must be a positive int, got {bs!r}")
+        return bs
+
+    @staticmethod
+    def _score_rows(outputs: torch.Tensor, targets: list, image_index: torch.Tensor) -> torch.Tensor:
+        """Target score of each output row; row j belongs to image ``image_index[j]``."""
+        if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs):
+            for t in targets:
+                t(outputs[0])  # range check, raises a clear IndexError
+            cats = torch.tensor([t.category for t in targets], device=outputs.device)
+            return outputs.gather(1, cats[image_index][:, None])[:, 0]
+        rows = image_index.tolist()
+        return torch.stack([torch.as_tensor(targets[b](outputs[j])).reshape(()) for j, b in enumerate(rows)])
+
+    def _pair_chunks(self, keep: torch.Tensor) -> Iterator[tuple]:
+        """Chunks of (image index, channel index) pairs where ``keep`` (B, C) is True.
+
+        Pairs of different images share a chunk, so a batch of images is scored together and
+        every forward pass is full.
+        """
+        b_idx, c_idx = keep.nonzero(as_tuple=True)
+        size = self._chunk_size()
+        starts = range(0, b_idx.numel(), size)
+        for start in self._progress(starts, total=len(starts), desc=type(self).__name__):
+            yield b_idx[start : start + size], c_idx[start : start + size]
+
+    def _progress(self, iterable: Any, total: int, desc: str) -> Any:
+        if not self.progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False)

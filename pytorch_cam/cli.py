@@ -1,0 +1,347 @@
+"""Command line: explain a torchvision classifier's prediction on one image.
+
+    python cam.py --image-path cat.png --method gradcam
+    pytorch-cam --method scorecam --cskip 64 --weights none
+
+Writes the overlay PNG, the raw map (.npy), guided backprop and guided CAM PNGs to --output-dir.
+Mistakes in the user's input (missing image, no network for the weights, no CUDA, ...) end with
+one ``error: ...`` line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from pytorch_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_cam.methods import BATCHED, METHODS
+from pytorch_cam.utils.image import deprocess_image, load_image, preprocess_image, show_cam_on_image
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "usage_examples" / "images" / "chelsea.png"
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A problem with the user's input; main prints it as one line and exits with code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, like every other input error of the CLI (argparse would add the usage block).
+        raise CLIError(f"{message} (see --help)")
+
+
+def default_target_layers(model: nn.Module, arch: str) -> Optional[List[nn.Module]]:
+    """The layer explained by default for a torchvision architecture: its last spatial feature block.
+
+    ``None`` lets BaseCAM choose (transformers: the last block's first norm; token layout inferred).
+    """
+    name = arch.lower()
+    if name.startswith(("resnet", "resnext", "wide_resnet")):
+        return [model.layer4[-1]]
+    if name.startswith(("vgg", "alexnet")):
+        # The last ReLU of the convolutional part, before the final max-pool.
+        return [[m for m in model.features if isinstance(m, nn.ReLU)][-1]]
+    if name.startswith("densenet"):
+        return [model.features]
+    if name.startswith(("mobilenet", "efficientnet", "convnext", "squeezenet")):
+        return [model.features[-1]]
+    if name.startswith("regnet"):
+        return [model.trunk_output]
+    if name.startswith("mnasnet"):
+        return [model.layers[-1]]
+    if name.startswith("shufflenet"):
+        return [model.conv5]
+    if name.startswith("googlenet"):
+        return [model.inception5b]
+    if name.startswith("inception"):
+        return [model.Mixed_7c]
+    # Anything else (ViT, Swin, MaxViT, ...): BaseCAM picks the layer and infers the token layout,
+    # and logs what it chose.
+    return None
+
+
+def _parse_cskip(text: str) -> Union[int, float]:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--cskip takes a channel count (e.g. 64) or a ratio in (0, 1] (e.g. 0.25), got {text!r}"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="cam.py",
+        description="Class activation map of a torchvision classifier's prediction on an image.",
+    )
+    p.add_argument("--image-path", default=str(DEFAULT_IMAGE), help="input image (default: the bundled cat photo)")
+    p.add_argument("--method", default="gradcam", choices=list(METHODS), help="CAM method (default: gradcam)")
+    dev = p.add_mutually_exclusive_group()
+    dev.add_argument("--use-cuda", action="store_true", help="run on the GPU (same as --device cuda)")
+    dev.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--aug-smooth", action="store_true", help="average the maps of flipped/rescaled copies")
+    p.add_argument("--eigen-smooth", action="store_true", help="first principal component of the weighted activations")
+    p.add_argument(
+        "--cskip",
+        type=_parse_cskip,
+        default=None,
+        help="scorecam only: score just the K channels with the largest activation (int K or ratio)",
+    )
+    p.add_argument("--arch", default="resnet50", help="torchvision classification model (default: resnet50)")
+    p.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT (ImageNet weights, downloaded once to torchvision's cache), none (random weights) "
+        "or PATH to a state dict saved with torch.save(model.state_dict(), PATH)",
+    )
+    p.add_argument("--target-class", type=int, default=None, help="class to explain (default: the top prediction)")
+    p.add_argument(
+        "--input-size",
+        type=_positive_int,
+        default=224,
+        help="the image is resized (aspect kept) so its shorter side has this many pixels before it goes "
+        "through the model; outputs are at the photo's own size (default: 224)",
+    )
+    p.add_argument("--output-dir", default="cam_output", help="where the images go (default: cam_output/)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"inputs scored per forward pass by {', '.join(sorted(BATCHED))} (default: 32)",
+    )
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    method_cls = METHODS[args.method]
+    if args.cskip is not None and "cskip" not in inspect.signature(method_cls.__init__).parameters:
+        takes = [n for n, c in METHODS.items() if "cskip" in inspect.signature(c.__init__).parameters]
+        raise CLIError(f"--cskip only applies to {', '.join(takes)}, not to --method {args.method}")
+    if args.batch_size is not None and args.method not in BATCHED:
+        raise CLIError(f"--batch-size only applies to {', '.join(sorted(BATCHED))}, not to --method {args.method}")
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    text = "cuda" if args.use_cuda else (args.device or "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise CLIError(f"invalid --device {text!r} ({e}); use e.g. cpu, cuda or cuda:0") from None
+    flag = "--use-cuda" if args.use_cuda else f"--device {text}"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"{flag} was given but CUDA is not available on this machine; drop it to run on the CPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CLIError(f"{flag}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"{flag} was given but MPS is not available on this machine; drop it to run on the CPU")
+    return device
+
+
+def _check_arch(arch: str) -> None:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else "e.g. resnet50, vgg16, densenet121"
+        raise CLIError(f"unknown --arch {arch!r}: not a torchvision classification model; {hint}")
+
+
+def _read_state_dict(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise CLIError(
+            f"--weights {path!r} is not a file; pass a state dict saved with torch.save(model.state_dict(), PATH), "
+            "--weights DEFAULT for ImageNet weights or --weights none for random weights"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise CLIError(f"could not read --weights {path!r} as a torch state dict: {_first_line(e)}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # a training checkpoint that wraps the state dict
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CLIError(
+            f"--weights {path!r} does not hold a state dict (a dict of tensors); save one with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_model(arch: str, weights: str) -> nn.Module:
+    """The torchvision model with ImageNet (``DEFAULT``), random (``none``) or local (PATH) weights."""
+    import torchvision
+
+    _check_arch(arch)
+    if weights.lower() == "none":
+        return torchvision.models.get_model(arch, weights=None)
+    if weights.upper() == "DEFAULT":
+        try:
+            return torchvision.models.get_model(arch, weights="DEFAULT")
+        except OSError as e:  # URLError, HTTPError, socket errors: no network and nothing cached
+            raise CLIError(
+                f"could not download the ImageNet weights of {arch} ({_first_line(e)}); with no network, pass "
+                "--weights PATH (a local state dict) or --weights none (random weights)"
+            ) from None
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a truncated or corrupted cached file
+            cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+            raise CLIError(
+                f"the cached ImageNet weights of {arch} in {cache} could not be read ({_first_line(e)}); delete "
+                "the file to download it again, or pass --weights PATH or --weights none"
+            ) from None
+    state = _read_state_dict(weights)
+    model = torchvision.models.get_model(arch, weights=None)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        details = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        first = details[0] if details else _first_line(e)
+        more = f" (and {len(details) - 1} more problems)" if len(details) > 1 else ""
+        raise CLIError(f"--weights {weights!r} does not fit --arch {arch}: {first}{more}") from None
+    return model
+
+
+def _categories(arch: str, num_classes: int) -> List[str]:
+    import torchvision
+
+    cats = list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
+    return cats if len(cats) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+# Architectures whose position embeddings fix the input to a square of the training size.
+_SQUARE_INPUT = ("vit_", "maxvit")
+
+
+def _model_input(rgb: np.ndarray, short_side: int, square: bool = False) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # OpenCV's (width, height)
+    if square:
+        size = (short_side, short_side)
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise CLIError(f"could not write {str(path)!r}; check that --output-dir is writable")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    device = _device(args)
+    try:
+        rgb = load_image(args.image_path)
+    except FileNotFoundError as e:
+        raise CLIError(f"--image-path: {_first_line(e)}") from None
+
+    model = load_model(args.arch, args.weights).to(device).eval()
+    if args.weights.lower() == "none":
+        print(f"note: --weights none: {args.arch} has RANDOM weights, so predictions and maps are meaningless")
+    elif args.weights.upper() != "DEFAULT":
+        print(f"loaded weights from {args.weights}")
+
+    small = _model_input(rgb, args.input_size, square=args.arch.lower().startswith(_SQUARE_INPUT))
+    x = preprocess_image(small).to(device)
+    with torch.inference_mode():
+        logits = model(x)
+    probs = torch.softmax(logits.float(), dim=1)[0]
+    names = _categories(args.arch, probs.numel())
+    top = probs.topk(min(5, probs.numel()))
+    print(f"top-5 predictions of {args.arch} on {args.image_path}:")
+    for rank, (p, c) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
+        print(f"  {rank}. {names[c]} (class {c}): {p:.3f}")
+
+    target = int(top.indices[0]) if args.target_class is None else args.target_class
+    if not 0 <= target < probs.numel():
+        n = probs.numel()
+        raise CLIError(f"--target-class {target} is outside the model's {n} classes (valid: 0..{n - 1})")
+    print(f"explaining class {target} ({names[target]}) with {args.method}")
+
+    method_cls = METHODS[args.method]
+    kwargs: Dict[str, Any] = {}
+    if args.method in BATCHED and args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    if args.cskip is not None:
+        kwargs["cskip"] = args.cskip
+    try:
+        cam_obj = method_cls(model=model, target_layers=default_target_layers(model, args.arch), **kwargs)
+    except ValueError as e:  # e.g. an out-of-range --cskip, checked by the method itself
+        raise CLIError(_first_line(e)) from None
+    with cam_obj as cam:
+        maps = cam(
+            input_tensor=x,
+            targets=[ClassifierOutputTarget(target)],
+            aug_smooth=args.aug_smooth,
+            eigen_smooth=args.eigen_smooth,
+        )
+    h, w = rgb.shape[:2]
+    mask = np.clip(cv2.resize(maps[0], (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+
+    gb = GuidedBackpropReLUModel(model)(x, target_category=target)
+    gb = cv2.resize(gb, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    out = Path(args.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"could not create --output-dir {str(out)!r}: {e.strerror or e}") from None
+    stem = f"{Path(args.image_path).stem}_{args.method}"
+    paths = {
+        "overlay": out / f"{stem}.png",
+        "map": out / f"{stem}.npy",
+        "guided backprop": out / f"{Path(args.image_path).stem}_gb.png",
+        "guided cam": out / f"{stem}_cam_gb.png",
+    }
+    _write(paths["overlay"], cv2.cvtColor(show_cam_on_image(rgb, mask, use_rgb=True), cv2.COLOR_RGB2BGR))
+    np.save(paths["map"], mask)
+    # Guided backprop is RGB-ordered like the input; OpenCV writes BGR.
+    _write(paths["guided backprop"], cv2.cvtColor(deprocess_image(gb), cv2.COLOR_RGB2BGR))
+    _write(paths["guided cam"], cv2.cvtColor(deprocess_image(mask[..., None] * gb), cv2.COLOR_RGB2BGR))
+    for what, path in paths.items():
+        print(f"wrote {what}: {path}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Targets: callables that turn one image's model output into the scalar a CAM explains.
+
+A target receives the output row of a single image (``model_output[i]``) and returns a scalar
+tensor. Anything with that signature works, so custom scores need no subclassing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ClassifierOutputTarget",
+    "ClassifierOutputSoftmaxTarget",
+    "BinaryClassifierOutputTarget",
+    "SemanticSegmentationTarget",
+    "ClassifierOutputReST",
+    "FasterRCNNBoxScoreTarget",
+    "SimilarityToConceptTarget",
+]
+
+
+def _check_category(category: int, model_output: torch.Tensor) -> None:
+    n = model_output.shape[-1]
+    if not -n <= category < n:
+        raise IndexError(
+            f"target class {category} is outside the model output, which has {n} classes "
+            f"(valid: 0..{n - 1}); pass a class index the model actually predicts"
+        )
+
+
+class ClassifierOutputTarget:
+    """The raw score (logit) of ``category``."""
+
+    def __init__(self, category: int) -> None:
+        if isinstance(category, bool) or not isinstance(category, (int, np.integer)):
+            raise TypeError(f"category must be an int class index, got {category!r}")
+        self.category = int(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        _check_category(self.category, model_output)
+        return model_output[..., self.category]
+
+    def __repr__(self) -> str:
+        return f"ClassifierOutputTarget({self.category})"
+
+
+class ClassifierOutputSoftmaxTarget(ClassifierOutputTarget):
+    """The softmax probability of ``category`` (scores compete with the other classes)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        _check_category(self.category, model_output)
+        return torch.softmax(model_output, dim=-1)[..., self.category]
+
+    def __repr__(self) -> str:
+        return f"ClassifierOutputSoftmaxTarget({self.category})"
+
+
+class BinaryClassifierOutputTarget:
+    """For a model with one output logit: the logit for ``category == 1``, its negation for 0."""
+
+    def __init__(self, category: int) -> None:
+        if category not in (0, 1):
+            raise ValueError(f"BinaryClassifierOutputTarget takes category 0 or 1, got {category!r}")
+        self.category = int(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        sign = 1.0 if self.category == 1 else -1.0
+        return (model_output * sign).sum()
+
+
+class SemanticSegmentationTarget:
+    """Sum of the ``category`` logits over the pixels selected by ``mask`` (H, W)."""
+
+    def __init__(self, category: int, mask: Union[np.ndarray, torch.Tensor]) -> None:
+        self.category = int(category)
+        self.mask = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).float()
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if model_output.ndim != 3:
+            raise ValueError(
+                "SemanticSegmentationTarget expects a per-image output of shape (classes, H, W), "
+                f"got {tuple(model_output.shape)}; wrap the model so it returns the logit map"
+            )
+        if not 0 <= self.category < model_output.shape[0]:
+            raise IndexError(
+                f"target class {self.category} is outside the segmentation output's {model_output.shape[0]} classes"
+            )
+        if tuple(self.mask.shape) != tuple(model_output.shape[1:]):
+            raise ValueError(
+                f"mask shape {tuple(self.mask.shape)} differs from the output's spatial shape "
+                f"{tuple(model_output.shape[1:])}"
+            )
+        mask = self.mask.to(model_output.device, model_output.dtype)
+        return (model_output[self.category] * mask).sum()
+
+
+class ClassifierOutputReST(ClassifierOutputTarget):
+    """Logit plus log-probability of ``category``: ``y_k - CE(y, k) = y_k + log_softmax(y)_k``.
+
+    Combines the pre-softmax score with the post-softmax one, so the explanation reflects both
+    the evidence for the class and its competition with the others (pytorch-grad-cam's "ReST",
+    https://arxiv.org/abs/2501.06261).
+    """
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        _check_category(self.category, model_output)
+        return model_output[..., self.category] + torch.log_softmax(model_output, dim=-1)[..., self.category]
+
+    def __repr__(self) -> str:
+        return f"ClassifierOutputReST({self.category})"
+
+
+class FasterRCNNBoxScoreTarget:
+    """Detection score of reference boxes, for torchvision-style detectors.
+
+    The model output of one image is a dict with ``boxes`` (N, 4; x1, y1, x2, y2), ``labels`` (N,)
+    and ``scores`` (N,). For every reference box, the predicted box with the highest IoU is taken;
+    if that IoU exceeds ``iou_threshold`` and its label equals the reference label, ``IoU + score``
+    is added to the total (as in pytorch-grad-cam). No match scores 0.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        bounding_boxes: Union[np.ndarray, torch.Tensor, Sequence],
+        iou_threshold: float = 0.5,
+    ) -> None:
+        boxes = torch.as_tensor(np.asarray(bounding_boxes) if not torch.is_tensor(bounding_boxes) else bounding_boxes)
+        boxes = boxes.reshape(-1, 4) if boxes.numel() else boxes.reshape(0, 4)
+        labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).reshape(-1)
+        if labels.numel() != boxes.shape[0]:
+            raise ValueError(f"got {labels.numel()} labels for {boxes.shape[0]} bounding boxes; pass one label per box")
+        self.labels = labels
+        self.bounding_boxes = boxes
+        self.iou_threshold = float(iou_threshold)
+
+    def __call__(self, model_output: dict) -> torch.Tensor:
+        if not isinstance(model_output, dict) or not {"boxes", "labels", "scores"} <= set(model_output):
+            raise TypeError(
+                "FasterRCNNBoxScoreTarget expects one image's detection dict with 'boxes', 'labels' and "
+                f"'scores' (torchvision detection output), got {type(model_output).__name__}"
+            )
+        from torchvision.ops import box_iou
+
+        boxes = model_output["boxes"]
+        total = torch.zeros((), device=boxes.device, dtype=boxes.dtype)
+        if boxes.shape[0] == 0 or self.bounding_boxes.shape[0] == 0:
+            return total + 0 * model_output["scores"].sum()
+        reference = self.bounding_boxes.to(boxes.device, boxes.dtype)
+        ious = box_iou(reference, boxes)  # (R, N)
+        best_iou, best = ious.max(dim=1)
+        matched = (best_iou > self.iou_threshold) & (
+            model_output["labels"][best] == self.labels.to(model_output["labels"].device)
+        )
+        contrib = best_iou + model_output["scores"][best]
+        return total + torch.where(matched, contrib, torch.zeros_like(contrib)).sum()
+
+
+class SimilarityToConceptTarget:
+    """Cosine similarity between an embedding model's output and a concept vector ``features``."""
+
+    def __init__(self, features: Union[np.ndarray, torch.Tensor]) -> None:
+        self.features = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        out = model_output.reshape(-1)
+        concept = self.features.reshape(-1).to(out.device, out.dtype)
+        if out.numel() != concept.numel():
+            raise ValueError(
+                f"the embedding has {out.numel()} values but the concept vector has {concept.numel()}; "
+                "pass a concept computed by the same model"
+            )
+        return torch.nn.functional.cosine_similarity(out, concept, dim=0)

@@ -1,0 +1,193 @@
+"""Behaviour of the speed-ups: each fast path must give the same map as the plain one (no timings)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pytorch_cam import AblationCAM, GradCAM, ScoreCAM
+from pytorch_cam.ablation_cam import split_after
+
+X_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, 3, X_SIZE, X_SIZE)
+
+
+class _Tiny(nn.Module):
+    """A small CNN; ``branchy`` adds data-dependent control flow, which torch.fx cannot trace."""
+
+    def __init__(self, branchy: bool = False, width: int = 16) -> None:
+        super().__init__()
+        self.branchy = branchy
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, width, 3, padding=1)
+        )
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        if self.branchy and bool(f.sum() > 1e9):
+            f = f * 2
+        return self.head(f)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return _Tiny(width=48).eval()
+
+
+@pytest.mark.parametrize("rank", ["max", "std"])
+def test_cskip_all_channels_equals_vanilla(tiny, x, rank):
+    layer = [tiny.features[3]]
+    # Same fixed chunk size on both sides: bitwise equality is about which channels are scored.
+    vanilla = ScoreCAM(tiny, layer, progress=False, batch_size=16)(x, targets=[1, 2])
+    for cskip in (48, 1.0, 1000):
+        kept = ScoreCAM(tiny, layer, cskip=cskip, cskip_rank=rank, progress=False, batch_size=16)(x, targets=[1, 2])
+        np.testing.assert_array_equal(kept, vanilla)
+    fewer = ScoreCAM(tiny, layer, cskip=4, cskip_rank=rank, progress=False)(x, targets=[1, 2])
+    assert not np.allclose(fewer, vanilla)
+
+
+def test_chunked_scorecam_equals_unchunked(tiny, x):
+    layer = [tiny.features[3]]
+    whole = ScoreCAM(tiny, layer, batch_size=10_000, progress=False)(x, targets=[1, 2])
+    for bs in (1, 7, "auto"):
+        chunked = ScoreCAM(tiny, layer, batch_size=bs, progress=False)(x, targets=[1, 2])
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_batch_size_is_remembered_and_bounded(tiny, x):
+    cam = ScoreCAM(tiny, [tiny.features[3]], progress=False)
+    assert cam.batch_size == "auto"
+    first = cam(x, targets=[1, 2])
+    (chosen,) = cam._auto_batch.values()
+    assert chosen in (2, 4, 8, 16, 32, 64, 128, 256)
+    np.testing.assert_allclose(cam(x, targets=[1, 2]), first, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "fast", True])
+def test_bad_batch_size_is_rejected(model, bad):
+    with pytest.raises(ValueError, match="batch_size must be a positive int or 'auto'"):
+        ScoreCAM(model, [model.layer4[-1]], batch_size=bad)
+
+
+class _CountingScoreCAM(ScoreCAM):
+    """Scores every kept channel itself, without deduplication, and counts the masked inputs."""
+
+    scored = 0
+
+    def perturbed_inputs(self, inputs, masks):
+        type(self).scored += inputs.shape[0]
+        return super().perturbed_inputs(inputs, masks)
+
+
+def test_duplicate_and_constant_channels_are_scored_once_with_the_same_map(x):
+    torch.manual_seed(0)
+    net = _Tiny()
+    conv = net.features[3]
+    with torch.no_grad():
+        conv.weight[4:8] = conv.weight[0:4]  # channels 4-7 duplicate 0-3
+        conv.bias[4:8] = conv.bias[0:4]
+        conv.weight[8:12] = 0  # channels 8-11 are constant
+    targets = [0, 3]
+    _CountingScoreCAM.scored = 0
+    dedup = _CountingScoreCAM(net, [conv], progress=False)(x, targets=targets)
+    assert _CountingScoreCAM.scored == x.shape[0] * (16 - 4 - 4)
+
+    # Reference: every channel scored individually with its own masked input.
+    acts = {}
+    h = conv.register_forward_hook(lambda m, i, o: acts.setdefault("a", o.detach()))
+    with torch.no_grad():
+        net(x)
+    h.remove()
+    a = acts["a"]
+    up = torch.nn.functional.interpolate(a, size=x.shape[2:], mode="bilinear", align_corners=False)
+    flat = up.flatten(2)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    masks = torch.where(hi > lo, (flat - lo) / torch.where(hi > lo, hi - lo, 1), 0).reshape(up.shape)
+    with torch.no_grad():
+        scores = torch.stack(
+            [net(x[i : i + 1] * masks[i, :, None])[:, targets[i]] for i in range(x.shape[0])]
+        )  # (B, C)
+    cam = torch.relu((torch.softmax(scores, 1)[..., None, None] * a).sum(1))
+    cam = cam.flatten(1)
+    cam = (cam - cam.amin(1, keepdim=True)) / (cam.amax(1, keepdim=True) - cam.amin(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(
+        cam.reshape(a.shape[0], 1, *a.shape[2:]), size=x.shape[2:], mode="bilinear", align_corners=False
+    )[:, 0]
+    cam = cam.flatten(1)
+    cam = ((cam - cam.amin(1, keepdim=True)) / (cam.amax(1, keepdim=True) - cam.amin(1, keepdim=True))).reshape(
+        dedup.shape
+    )
+    np.testing.assert_allclose(dedup, cam.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_name", ["layer4", "layer3", "layer2_conv1"])
+def test_fx_split_ablation_equals_hook_path(model, x, layer_name, caplog):
+    layer = model.layer2[0].conv1 if layer_name == "layer2_conv1" else getattr(model, layer_name)[-1]
+    with caplog.at_level(logging.DEBUG, logger="pytorch_cam"):
+        fast_cam = AblationCAM(model, [layer], progress=False)
+        fast = fast_cam(x, targets=[1, 2])
+    assert "torch.fx split" in caplog.text
+    assert fast_cam._splits[id(layer)] is not None
+    hook_cam = AblationCAM(model, [layer], progress=False)
+    hook_cam._splits[id(layer)] = None  # force the forward-hook path
+    slow = hook_cam(x, targets=[1, 2])
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_split_feeds_values_that_cross_the_layer(model):
+    # layer2[0].conv1's input also feeds the block's downsample branch, after the layer.
+    split = split_after(model, model.layer2[0].conv1)
+    assert split.head is not None
+    assert split_after(model, model.layer4[-1]).head is None
+
+
+def test_untraceable_model_falls_back_to_hooks(x, caplog):
+    torch.manual_seed(0)
+    net = _Tiny(branchy=True).eval()
+    layer = net.features[3]
+    with caplog.at_level(logging.DEBUG, logger="pytorch_cam"):
+        cam = AblationCAM(net, [layer], progress=False)
+        got = cam(x, targets=[0, 1])
+    assert "cannot split the model" in caplog.text and "falling back to the forward-hook path" in caplog.text
+    assert cam._splits[id(layer)] is None
+    plain = _Tiny(branchy=False).eval()
+    plain.load_state_dict(net.state_dict())
+    np.testing.assert_allclose(
+        got, AblationCAM(plain, [plain.features[3]], progress=False)(x, targets=[0, 1]), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("method", [ScoreCAM, AblationCAM])
+def test_batch_equals_images_one_by_one(model, tiny, x, method):
+    net, layer = (tiny, tiny.features[3]) if method is ScoreCAM else (model, model.layer4[-1])
+    cam = method(net, [layer], progress=False)
+    together = cam(x, targets=[1, 2])
+    single = np.concatenate([cam(x[i : i + 1], targets=[t]) for i, t in enumerate([1, 2])])
+    np.testing.assert_allclose(together, single, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_forward_leaves_no_grad_mode_or_flags_behind(model, x):
+    before = torch.is_grad_enabled()
+    with torch.no_grad():
+        GradCAM(model, [model.layer3[-1]])(x, targets=[1, 2])
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled() == before
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,90 @@
+"""Grad-CAM for a CNN (torchvision ``resnet50``) on the bundled photo.
+
+    python usage_examples/cnn_example.py                      # ImageNet weights (downloaded once)
+    python usage_examples/cnn_example.py --weights none       # offline, random weights
+    python usage_examples/cnn_example.py --method eigencam --target-class 281
+
+``--target-layer default`` leaves target_layers=None: pytorch_cam finds the last spatial layer
+before global pooling (layer4[-1] for a ResNet) with one dry forward and logs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+
+from pytorch_cam.methods import BATCHED, METHODS
+from pytorch_cam.utils.image import load_image, preprocess_image, show_cam_on_image
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "chelsea.png"
+
+
+def load_rgb(path: Optional[str], size: int) -> np.ndarray:
+    """Float RGB image in [0, 1], resized to size x size; the bundled photo by default."""
+    if path is not None:
+        image = load_image(path)
+    elif DEFAULT_IMAGE.exists():
+        image = load_image(str(DEFAULT_IMAGE))
+    else:  # the same cat, from scikit-image's bundled data
+        from skimage import data
+
+        image = np.float32(data.chelsea()) / 255.0
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def build_model(weights: str) -> torch.nn.Module:
+    if weights == "none":
+        torch.manual_seed(0)
+        print("using random weights (--weights none): the map shows the pipeline, not what a trained ResNet sees")
+        return torchvision.models.resnet50(weights=None)
+    try:
+        return torchvision.models.resnet50(weights=torchvision.models.ResNet50_Weights.DEFAULT)
+    except Exception as err:
+        raise RuntimeError(f"could not load the pretrained weights ({err}); offline? run with --weights none") from err
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image-path", default=None, help=f"image to explain (default: {DEFAULT_IMAGE.name})")
+    p.add_argument("--weights", choices=["default", "none"], default="default", help="'none': random, offline")
+    p.add_argument("--method", choices=sorted(METHODS), default="gradcam")
+    p.add_argument("--target-layer", choices=["layer4", "layer3", "default"], default="layer4")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--target-class", type=int, default=None, help="ImageNet class to explain (default: top-1)")
+    p.add_argument("--output", default="cnn_cam.png", help="where to write the overlay PNG")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--verbose", action="store_true", help="log what pytorch_cam inferred")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Run the example; writes the overlay PNG and returns the maps (1, H, W)."""
+    args = parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    image = load_rgb(args.image_path, args.image_size)
+    model = build_model(args.weights).to(args.device).eval()
+    x = preprocess_image(image).to(args.device)
+    targets = None if args.target_class is None else [ClassifierOutputTarget(args.target_class)]
+    extra = {"progress": False} if args.method in BATCHED else {}
+    layers = None if args.target_layer == "default" else [getattr(model, args.target_layer)[-1]]
+
+    with METHODS[args.method](model=model, target_layers=layers, **extra) as cam:
+        maps = cam(input_tensor=x, targets=targets)
+
+    out = Path(args.output)
+    cv2.imwrite(str(out), show_cam_on_image(image, maps[0]))  # BGR, as cv2.imwrite expects
+    print(f"wrote {out}")
+    return maps
+
+
+if __name__ == "__main__":
+    main()
