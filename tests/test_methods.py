@@ -27,9 +27,7 @@ def make_cam(cls, model: nn.Module, layer: nn.Module, channels: int, batch_size=
     if cls is ScoreCAM:
         return ScoreCAM(model, [layer], cskip=8, progress=False, batch_size=batch_size)
     if cls is AblationCAM:
-        return AblationCAM(
-            model, [layer], ratio_channels_to_ablate=8 / channels, progress=False, batch_size=batch_size
-        )
+        return AblationCAM(model, [layer], ratio_channels_to_ablate=8 / channels, progress=False, batch_size=batch_size)
     return cls(model=model, target_layers=[layer])
 
 
