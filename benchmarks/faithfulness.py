@@ -11,8 +11,9 @@ Confidence, ROAD), see ``pytorch_cam.metrics``. Two reference rows bracket the t
 ground-truth mask itself (an oracle map) and uniform random maps. The script prints a markdown
 table and writes a PNG grid of example maps per method.
 
-``--model vit`` is the hook for the tiny ViT benchmark: add a loader to ``MODELS`` that returns
-(model, target_layers, reshape_transform) and every method runs on it unchanged.
+``--model vit`` runs the same benchmark on the tiny ViT of ``benchmarks.scenes`` (its last
+block's first norm, the token grid inferred by ``pytorch_cam``). A method that does not apply to
+a model (CAM needs a global-average-pool + linear head) is reported as such in the table.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.scenes import CLASSES, generate_scenes, load_trained_cnn
+from benchmarks.scenes import CLASSES, generate_scenes, load_trained_cnn, load_trained_vit
 from pytorch_cam.methods import BATCHED, METHODS
 from pytorch_cam.metrics import (
     deletion_auc,
@@ -70,10 +71,9 @@ def load_cnn() -> Tuple[nn.Module, List[nn.Module], Optional[Callable]]:
 
 
 def load_vit() -> Tuple[nn.Module, List[nn.Module], Optional[Callable]]:
-    raise NotImplementedError(
-        "the tiny-ViT faithfulness benchmark is not available yet: add a trained ViT loader to "
-        "benchmarks/scenes.py and register it here (return model, target_layers, reshape_transform)"
-    )
+    # reshape_transform=None on purpose: the token grid (16x16 + class token) is inferred
+    model = load_trained_vit()
+    return model, [model.target_layer], None
 
 
 #: model name -> loader returning (model, target_layers, reshape_transform)

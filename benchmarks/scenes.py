@@ -34,11 +34,13 @@ from torch import Tensor, nn
 CLASSES = ("disc", "square", "triangle", "cross", "ring", "checker")
 NUM_CLASSES = len(CLASSES)
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "scenes_cnn.pt"
+DEFAULT_VIT_PATH = Path(__file__).resolve().parent / "models" / "scenes_vit.pt"
 
 #: seeds at or above this are used for training; evaluate on smaller seeds (e.g. 0)
 TRAIN_SEED_BASE = 1_000_000
 
 TRAIN_EPOCHS = 30
+VIT_EPOCHS = 30
 _CHUNK = 1024  # scenes rendered at once; bounds peak memory to a few hundred MB
 
 
@@ -194,26 +196,65 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return correct / max(1, len(images))
 
 
-def train_cnn(
+class ScenesViT(nn.Module):
+    """A tiny torchvision ``VisionTransformer`` for 64x64 scenes: 4x4 patches (a 16x16 token grid,
+    the same resolution as the CNN's target layer), 4 pre-norm blocks of width 64 with 4 heads,
+    class-token head.
+
+    Takes images in [0, 1]. The layer to explain is the last block's first norm
+    (``target_layer``): its 1 + 256 tokens reach the class token through the last attention, and
+    ``pytorch_cam`` infers the 16x16 grid (class token dropped) with no ``reshape_transform``.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, size: int = 64) -> None:
+        super().__init__()
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        self.vit = VisionTransformer(
+            image_size=size,
+            patch_size=4,
+            num_layers=4,
+            num_heads=4,
+            hidden_dim=64,
+            mlp_dim=128,
+            num_classes=num_classes,
+        )
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.vit.encoder.layers[-1].ln_1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vit((x - 0.5) / 0.25)
+
+
+def train_model(
+    model: nn.Module,
     seed: int = 0,
     epochs: int = TRAIN_EPOCHS,
     scenes_per_epoch: int = 2048,
     batch_size: int = 64,
     size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    warmup: float = 0.0,
     verbose: bool = True,
-    on_epoch: Optional[Callable[[int, ScenesCNN], None]] = None,
-) -> ScenesCNN:
-    """Train ``ScenesCNN`` from scratch on fresh scenes every epoch (CPU, seeded, reproducible).
+    on_epoch: Optional[Callable[[int, nn.Module], None]] = None,
+) -> nn.Module:
+    """Train ``model`` on fresh scenes every epoch (CPU, seeded, reproducible).
 
-    Adam, constant learning rate then a linear decay over the last 40% of the steps;
-    ``on_epoch(k, model)`` sees the model after every epoch (e.g. to checkpoint).
+    AdamW; a linear warm-up over the first ``warmup`` fraction of the steps, a constant learning
+    rate up to 60% of them, then a linear decay to 0 that settles the weights. ``on_epoch(k,
+    model)`` sees the model after every epoch (e.g. to checkpoint).
     """
-    torch.manual_seed(seed)
-    model = ScenesCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    # constant learning rate for 60% of the steps, then a linear decay to 0 settles the weights
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(scenes_per_epoch / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (steps - t) / (0.4 * steps)))
+    warm = max(1, int(warmup * steps))
+
+    def factor(t: int) -> float:
+        return min(1.0, (t + 1) / warm if warmup > 0 else 1.0, (steps - t) / (0.4 * steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     start = time.perf_counter()
     val_images, val_labels, _ = generate_scenes(512, 7, size)
     for epoch in range(epochs):
@@ -240,41 +281,75 @@ def train_cnn(
     return model.eval()
 
 
+def train_cnn(seed: int = 0, epochs: int = TRAIN_EPOCHS, **kw) -> ScenesCNN:
+    """``ScenesCNN`` trained from scratch (Adam-equivalent: AdamW without weight decay, lr 2e-3)."""
+    torch.manual_seed(seed)
+    return train_model(ScenesCNN(), seed=seed, epochs=epochs, **kw)
+
+
+def train_vit(seed: int = 0, epochs: int = VIT_EPOCHS, **kw) -> ScenesViT:
+    """``ScenesViT`` trained from scratch (AdamW, lr 1e-3, weight decay 0.05, 5% warm-up)."""
+    torch.manual_seed(seed)
+    kw = {"lr": 1e-3, "weight_decay": 0.05, "warmup": 0.05, **kw}
+    return train_model(ScenesViT(), seed=seed, epochs=epochs, **kw)
+
+
+def _load_or_train(model: nn.Module, path: Path, train: Callable[[], nn.Module]) -> nn.Module:
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model
+    model = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
 def load_trained_cnn(cache_path: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu") -> ScenesCNN:
     """The trained scenes CNN in eval mode; trains and saves it to ``cache_path`` if absent.
 
     ``cache_path`` defaults to the committed ``benchmarks/models/scenes_cnn.pt``.
     """
     path = Path(cache_path) if cache_path is not None else DEFAULT_MODEL_PATH
-    model = ScenesCNN()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        model = train_cnn()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return model.to(device).eval()
+    return _load_or_train(ScenesCNN(), path, train_cnn).to(device).eval()
+
+
+def load_trained_vit(cache_path: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu") -> ScenesViT:
+    """The trained scenes ViT in eval mode; trains and saves it to ``cache_path`` if absent.
+
+    ``cache_path`` defaults to the committed ``benchmarks/models/scenes_vit.pt``.
+    """
+    path = Path(cache_path) if cache_path is not None else DEFAULT_VIT_PATH
+    return _load_or_train(ScenesViT(), path, train_vit).to(device).eval()
 
 
 def _main(argv: Optional[list] = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="(Re)train the scenes CNN and report its test accuracy")
-    parser.add_argument("--out", default=str(DEFAULT_MODEL_PATH))
-    parser.add_argument("--epochs", type=int, default=TRAIN_EPOCHS)
+    parser = argparse.ArgumentParser(description="(Re)train a scenes model and report its test accuracy")
+    parser.add_argument("--model", choices=["cnn", "vit"], default="cnn")
+    parser.add_argument("--out", default=None, help="default: the committed benchmarks/models/scenes_<model>.pt")
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--checkpoints", default=None, help="folder for a state dict after every epoch")
     args = parser.parse_args(argv)
+    out = Path(args.out or (DEFAULT_MODEL_PATH if args.model == "cnn" else DEFAULT_VIT_PATH))
 
-    def save(epoch: int, model: ScenesCNN) -> None:
+    def save(epoch: int, model: nn.Module) -> None:
         if args.checkpoints:
             Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), Path(args.checkpoints) / f"epoch{epoch:03d}.pt")
 
-    model = train_cnn(epochs=args.epochs, on_epoch=save)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
+    train = train_cnn if args.model == "cnn" else train_vit
+    kw = {} if args.epochs is None else {"epochs": args.epochs}
+    start = time.perf_counter()
+    model = train(on_epoch=save, **kw)
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
     images, labels, _ = generate_scenes(2000, 0)
-    print(f"saved {args.out}; test accuracy on 2000 scenes (seed 0): {accuracy(model, images, labels):.4f}")
+    print(
+        f"saved {out} after {seconds:.0f} s of training; "
+        f"test accuracy on 2000 scenes (seed 0): {accuracy(model, images, labels):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ forward pass; ``batch_size="auto"`` (the default) times a few chunk sizes on the
 and keeps the fastest for the rest (and for later calls with the same input shape). A constant
 channel (e.g. all zeros after a ReLU) gives an all-zero mask, whose masked input is the same
 for every image, so it is scored once per call; channels with identical activations within an
-image give identical masks and are scored once.
+image give identical masks and are scored once. "Unchanged" is up to float rounding: CPU
+convolutions round differently at different batch sizes (~1e-6 on the map), so pass an int
+``batch_size`` when two runs must agree bit for bit.
 """
 
 from __future__ import annotations
