@@ -257,6 +257,17 @@ def _current_rss_kb() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _peak_rss_kb() -> int:
+    # VmHWM belongs to this process image. getrusage's ru_maxrss does not: Linux carries the
+    # forked parent's high-water mark across exec, so a child of a benchmark that just ran a
+    # 10 GB ScoreCAM would report 10 GB whatever it did itself.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def memory_child(lib: str, fraction: Optional[float], counts: Tuple[int, int, int]) -> None:
     """Peak RSS growth (MB) of ScoreCAM on resnet50, 8 images of 64x64, over the RSS before the call.
 
@@ -273,7 +284,7 @@ def memory_child(lib: str, fraction: Optional[float], counts: Tuple[int, int, in
     budget = max(int(fraction * total), 96) if fraction else None
     before = _current_rss_kb()
     seconds, est = RowBudget(model, total, budget, skip).run(runner)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kb()
     print(json.dumps({"mb": (peak - before) / 1024, "truncated": est, "seconds": seconds}))
 
 
@@ -331,6 +342,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--fraction", type=float, default=0.1, help="fraction of forwards run before extrapolating")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the ScoreCAM peak-memory table")
     ap.add_argument("--quick", action="store_true", help="= --batches 1 --reps 3 --skip-slow-peers --estimate-ours")
     ap.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_counts", dest="counts", default=None, help=argparse.SUPPRESS)
@@ -347,6 +359,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         libs += [("pytorch-grad-cam", gradcam_lib_runner), ("torchcam", torchcam_runner)]
 
     print(f"Machine: {machine()}\n", flush=True)
+    if args.memory_only:
+        memory_table(libs, args)
+        return
     print(
         "| arch | batch | method | ours | pytorch-grad-cam | torchcam | floor | ours/floor "
         "| grad-cam/ours | torchcam/ours |"
@@ -406,15 +421,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("\n`~` = extrapolated from a fraction of the forward passes (see the module docstring), not measured.")
 
     if not args.no_memory:
-        print("\nScoreCAM peak RSS growth, resnet50 layer4, 8 images of 64×64 (each in its own process):\n")
-        print("| library | peak RSS growth | run |")
-        print("|---|---|---|")
-        for lib, _ in libs:
-            estimate = args.estimate_ours if lib == "ours" else args.skip_slow_peers
-            fraction = args.fraction if estimate else None
-            r = measure_memory(lib, fraction)
-            run = "stopped after a fraction of its forwards" if r["truncated"] else "complete"
-            print(f"| {lib} | {r['mb']:.0f} MB | {run} ({fmt(r['seconds'], r['truncated'])}) |", flush=True)
+        memory_table(libs, args)
+
+
+def memory_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace) -> None:
+    print("\nScoreCAM peak RSS growth, resnet50 layer4, 8 images of 64×64 (each in its own process):\n")
+    print("| library | peak RSS growth | run |")
+    print("|---|---|---|")
+    for lib, _ in libs:
+        estimate = args.estimate_ours if lib == "ours" else args.skip_slow_peers
+        fraction = args.fraction if estimate else None
+        r = measure_memory(lib, fraction)
+        run = "stopped after a fraction of its forwards" if r["truncated"] else "complete"
+        print(f"| {lib} | {r['mb']:.0f} MB | {run} ({fmt(r['seconds'], r['truncated'])}) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from benchmarks.faithfulness import Config, format_table, run
-from benchmarks.scenes import CLASSES, DEFAULT_MODEL_PATH, accuracy, generate_scenes, load_trained_cnn
+from benchmarks.scenes import (
+    CLASSES,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_VIT_PATH,
+    accuracy,
+    generate_scenes,
+    load_trained_cnn,
+    load_trained_vit,
+)
 from pytorch_cam import GradCAM
 from pytorch_cam.methods import METHODS
 from pytorch_cam.metrics import pointing_game
@@ -95,6 +103,22 @@ def test_benchmark_rows_are_reproducible_and_bracketed():
     assert len(table.splitlines()) == 2 + 3
 
 
-def test_benchmark_vit_hook_is_explicit():
-    with pytest.raises(NotImplementedError, match="tiny-ViT faithfulness benchmark is not available yet"):
-        run(Config(n=2, model="vit", grid=None))
+def test_committed_vit_is_accurate_and_explained_without_a_reshape(test_scenes):
+    assert DEFAULT_VIT_PATH.is_file(), "the trained ViT must be committed so fresh clones skip training"
+    vit = load_trained_vit()
+    images, labels, masks = test_scenes
+    assert accuracy(vit, images, labels) >= 0.95
+    images, labels, masks = images[:120], labels[:120], masks[:120]
+    # No reshape_transform and no target layer: the block's norm and the token grid are inferred.
+    with GradCAM(model=vit, target_layers=None) as cam:
+        maps = torch.from_numpy(cam(input_tensor=images, targets=labels.tolist()))
+    assert maps.shape == (120, 64, 64)
+    chance = float(masks.float().mean())
+    assert float(pointing_game(maps, masks, tolerance=2).mean()) >= VIT_GRADCAM_POINTING
+
+
+def test_benchmark_runs_on_the_vit():
+    rows, examples, _ = run(Config(n=4, methods=["gradcam", "scorecam"], model="vit", grid=None, steps=4, percentiles=(50,)))
+    assert [r["method"] for r in rows][2:] == ["gradcam", "scorecam"]
+    assert all("error" not in r for r in rows)
+    assert examples["scorecam"].shape == (4, 64, 64)
