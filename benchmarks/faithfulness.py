@@ -71,7 +71,7 @@ def load_cnn() -> Tuple[nn.Module, List[nn.Module], Optional[Callable]]:
 
 
 def load_vit() -> Tuple[nn.Module, List[nn.Module], Optional[Callable]]:
-    # reshape_transform=None on purpose: the token grid (16x16 + class token) is inferred
+    # reshape_transform=None on purpose: the token grid (8x8 + class token) is inferred
     model = load_trained_vit()
     return model, [model.target_layer], None
 
