@@ -17,6 +17,9 @@ need one forward in all); CSKIP-K = min(K, P per image) pairs per image on the s
 AblationCAM = one plain forward of the batch (for the activations and the unablated scores)
 + B*C x (best per-image time of the network after the target layer).
 
+Devices: the CPU always; CUDA too when a GPU is visible (``--devices cpu cuda``), each in its own
+table, every timing synchronised with the GPU. The memory table is CPU peak RSS.
+
 The peers are benchmark-only dependencies (grad-cam==1.5.7, torchcam==0.5.0).
 """
 
@@ -42,6 +45,22 @@ SLOW = {"scorecam", "ablationcam"}  # gradient-free methods whose peers run the 
 TARGET_CLASS = 281
 
 
+CPU = torch.device("cpu")
+
+
+def _no_sync() -> None:
+    pass
+
+
+_SYNC: Callable[[], None] = _no_sync  # torch.cuda.synchronize while timing on a GPU
+
+
+def set_device(device: torch.device) -> None:
+    """Make every timer wait for the device's queued kernels before it reads the clock."""
+    global _SYNC
+    _SYNC = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+
+
 class _Stop(Exception):
     """Raised from a forward pre-hook to end a run after its budget of forward rows."""
 
@@ -63,6 +82,7 @@ class RowBudget:
         self.calls += 1
         if self.calls <= self.skip:
             return
+        _SYNC()
         now = time.perf_counter()
         if self.t_first is None:
             self.t_first = now
@@ -77,8 +97,10 @@ class RowBudget:
         t0 = time.perf_counter()
         try:
             fn()
+            _SYNC()
             return time.perf_counter() - t0, False
         except _Stop:
+            _SYNC()
             now = time.perf_counter()
             done = self.rows  # rows of completed scoring calls (the stopped call never ran)
             rate = (now - self.t_first) / max(done, 1)
@@ -91,15 +113,17 @@ def best_time(fn: Callable[[], Any], reps: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(reps):
+        _SYNC()
         t = time.perf_counter()
         fn()
+        _SYNC()
         times.append(time.perf_counter() - t)
     return min(times)
 
 
-def build_model(arch: str) -> Tuple[nn.Module, nn.Module]:
+def build_model(arch: str, device: torch.device = CPU) -> Tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None).eval()
+    model = getattr(torchvision.models, arch)(weights=None).eval().to(device)
     return model, model.layer4[-1]
 
 
@@ -119,8 +143,9 @@ def nonconstant_pairs(acts: torch.Tensor) -> torch.Tensor:
 
 def per_image_forward(model: nn.Module, shape: Tuple[int, ...], sizes=(1, 4, 8, 16, 32), reps: int = 2) -> float:
     best = math.inf
+    device = next(model.parameters()).device
     for bs in sizes:
-        x = torch.randn(bs, *shape)
+        x = torch.randn(bs, *shape, device=device)
         with torch.inference_mode():
             best = min(best, best_time(lambda x=x: model(x), reps) / bs)
     return best
@@ -301,7 +326,9 @@ def measure_memory(lib: str, fraction: Optional[float]) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def machine() -> str:
+def machine(device: torch.device = CPU) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -336,6 +363,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument(
+        "--devices", nargs="+", default=None, help="devices to time on (default: cpu, plus cuda when available)"
+    )
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions of the fast methods (best is kept)")
     ap.add_argument("--skip-slow-peers", action="store_true", help="extrapolate the peers' ScoreCAM/AblationCAM")
     ap.add_argument("--estimate-ours", action="store_true", help="extrapolate our ScoreCAM too")
@@ -358,22 +388,39 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not args.no_peers:
         libs += [("pytorch-grad-cam", gradcam_lib_runner), ("torchcam", torchcam_runner)]
 
-    print(f"Machine: {machine()}\n", flush=True)
     if args.memory_only:
+        print(f"Machine: {machine()}\n", flush=True)
         memory_table(libs, args)
         return
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    for name in devices:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("error: --devices cuda, but torch sees no CUDA GPU on this machine")
+        set_device(device)
+        print(f"Machine: {machine(device)}\n", flush=True)
+        speed_table(libs, args, device)
+        set_device(CPU)
+        print()
+
+    if not args.no_memory:
+        print(f"Machine: {machine()}", flush=True)
+        memory_table(libs, args)
+
+
+def speed_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace, device: torch.device) -> None:
     print(
         "| arch | batch | method | ours | pytorch-grad-cam | torchcam | floor | ours/floor "
         "| grad-cam/ours | torchcam/ours |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for arch in args.archs:
-        model, layer = build_model(arch)
+        model, layer = build_model(arch, device)
         shape = (3, args.size, args.size)
         per_img = None
         for b in args.batches:
             torch.manual_seed(1)
-            x = torch.randn(b, *shape)
+            x = torch.randn(b, *shape).to(device)
             acts = capture(model, layer, x)
             c = acts.shape[1]
             nonconst = nonconstant_pairs(acts)
@@ -419,9 +466,6 @@ def main(argv: Optional[List[str]] = None) -> None:
                     flush=True,
                 )
     print("\n`~` = extrapolated from a fraction of the forward passes (see the module docstring), not measured.")
-
-    if not args.no_memory:
-        memory_table(libs, args)
 
 
 def memory_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace) -> None:
