@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,13 +90,14 @@ class Config:
     seed: int = 0
     batch_size: int = 50
     steps: int = 16
-    percentiles: Sequence[float] = (10, 30, 50, 70, 90)
+    percentiles: Sequence[float] = (20, 50, 80)
     tolerance: int = 2
     score_batch_size: int = 256
     methods: Optional[Sequence[str]] = None
     model: str = "cnn"
     grid: Optional[Path] = DEFAULT_GRID
     grid_examples: int = 6
+    grid_only: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -169,6 +171,9 @@ def run(cfg: Config) -> Tuple[List[dict], Dict[str, np.ndarray], Tuple[torch.Ten
     for name, compute in sources:
         sums: Dict[str, float] = {}
         seconds = 0.0
+        if cfg.grid_only:  # the first batch, exactly as the full run computes it, and no metrics
+            examples[name] = compute(0, min(cfg.n, cfg.batch_size))[: cfg.grid_examples].numpy()
+            continue
         for lo in range(0, cfg.n, cfg.batch_size):
             hi = min(cfg.n, lo + cfg.batch_size)
             start = time.perf_counter()
@@ -216,21 +221,25 @@ def save_grid(path: Path, examples: Dict[str, np.ndarray], scenes: Tuple[torch.T
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows), squeeze=False)
     for r in range(rows):
         rgb = images[r].permute(1, 2, 0).numpy()
-        axes[r, 0].imshow(rgb)
+        axes[r, 0].imshow(rgb, interpolation="nearest")
         axes[r, 0].set_title(CLASSES[int(labels[r])], fontsize=7)
         axes[r, 1].imshow(masks[r].numpy(), cmap="gray")
         axes[r, 1].set_title("mask", fontsize=7)
         for c, name in enumerate(names, start=2):
-            axes[r, c].imshow(rgb)
-            axes[r, c].imshow(examples[name][r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[r, c].imshow(rgb, interpolation="nearest")
+            axes[r, c].imshow(examples[name][r], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
             if r == 0:
-                axes[r, c].set_title(name.replace("(", "").split(":")[-1].strip(), fontsize=6)
+                axes[r, c].set_title(name.strip("()").split(":")[-1].strip(), fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110)
     plt.close(fig)
+    from PIL import Image
+
+    Image.open(buf).convert("RGB").save(path, optimize=True)  # matplotlib's alpha channel is all opaque
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -241,9 +250,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="cnn")
     parser.add_argument("--batch-size", type=int, default=50, help="images per CAM call")
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
-    parser.add_argument("--percentiles", type=float, nargs="+", default=[10, 30, 50, 70, 90], help="ROAD percentiles")
+    parser.add_argument("--percentiles", type=float, nargs="+", default=[20, 50, 80], help="ROAD percentiles")
     parser.add_argument("--tolerance", type=int, default=2, help="pointing-game tolerance in pixels (default 2)")
-    parser.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="PNG grid of example maps")
+    parser.add_argument(
+        "--grid", type=Path, default=None, help="PNG grid of example maps (default benchmarks/_cache/...)"
+    )
+    parser.add_argument(
+        "--grid-only", action="store_true", help="only draw the grid (the first batch's maps), no metrics"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args(argv)
     if args.threads:
@@ -257,9 +271,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tolerance=args.tolerance,
         methods=args.methods,
         model=args.model,
-        grid=args.grid,
+        grid=args.grid or DEFAULT_GRID.with_name(f"faithfulness_grid_{args.model}.png"),
+        grid_only=args.grid_only,
     )
     rows, examples, scenes = run(cfg)
+    if cfg.grid_only:
+        save_grid(cfg.grid, examples, scenes)
+        print(f"example maps: {cfg.grid}")
+        return 1 if any("error" in r for r in rows) else 0
     print(
         f"{cfg.n} scenes (seed {cfg.seed}), model {cfg.model}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads\n"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from benchmarks.faithfulness import Config, format_table, run
+from benchmarks.faithfulness import Config, format_table, run, save_grid
 from benchmarks.scenes import (
     CLASSES,
     DEFAULT_MODEL_PATH,
@@ -127,3 +128,16 @@ def test_benchmark_runs_on_the_vit():
     assert [r["method"] for r in rows][2:] == ["gradcam", "scorecam"]
     assert all("error" not in r for r in rows)
     assert examples["scorecam"].shape == (4, 64, 64)
+
+
+def test_grid_only_draws_the_full_runs_examples(tmp_path):
+    full = Config(n=6, methods=["gradcam", "randomcam"], grid=None, steps=4, percentiles=(50,))
+    _, examples, _ = run(full)
+    grid = tmp_path / "grid.png"
+    rows, quick, scenes = run(Config(n=6, methods=["gradcam", "randomcam"], grid=grid, grid_only=True))
+    assert rows == []  # no metrics were computed
+    assert set(quick) == set(examples)
+    for name in examples:
+        np.testing.assert_array_equal(quick[name], examples[name])
+    save_grid(grid, quick, scenes)
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
