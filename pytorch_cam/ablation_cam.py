@@ -244,7 +244,7 @@ class AblationCAM(BaseCAM):
             key = ("ablate", index, tuple(input_tensor.shape[1:]), input_tensor.dtype)
             pixels = math.prod(input_tensor.shape[2:])
             for b_idx, c_idx in self._pair_chunks(keep, key, pixels):
-                new = raw[b_idx].clone()
+                new = raw[b_idx]  # advanced indexing already copies: a .clone() would copy every row twice
                 new.movedim(dim, 1)[torch.arange(b_idx.numel(), device=new.device), c_idx] = 0
                 ablated[b_idx, c_idx] = self._score_rows(run(b_idx, new), targets, b_idx).to(ablated.dtype)
         original = original[:, None]
