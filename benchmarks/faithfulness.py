@@ -171,10 +171,8 @@ def run(cfg: Config) -> Tuple[List[dict], Dict[str, np.ndarray], Tuple[torch.Ten
     for name, compute in sources:
         sums: Dict[str, float] = {}
         seconds = 0.0
-        if cfg.grid_only:  # the first batch, exactly as the full run computes it, and no metrics
-            examples[name] = compute(0, min(cfg.n, cfg.batch_size))[: cfg.grid_examples].numpy()
-            continue
-        for lo in range(0, cfg.n, cfg.batch_size):
+        # --grid-only: the first batch, exactly as the full run computes it, and no metrics
+        for lo in range(0, min(cfg.n, cfg.batch_size) if cfg.grid_only else cfg.n, cfg.batch_size):
             hi = min(cfg.n, lo + cfg.batch_size)
             start = time.perf_counter()
             try:
@@ -185,9 +183,13 @@ def run(cfg: Config) -> Tuple[List[dict], Dict[str, np.ndarray], Tuple[torch.Ten
             seconds += time.perf_counter() - start
             if lo == 0:
                 examples[name] = maps[: cfg.grid_examples].numpy()
+            if cfg.grid_only:
+                continue
             for key, values in score_maps(model, images[lo:hi], labels[lo:hi], masks[lo:hi], maps, cfg).items():
                 sums[key] = sums.get(key, 0.0) + float(values.sum())
         else:
+            if cfg.grid_only:
+                continue
             row = {"method": name, **{k: v / cfg.n for k, v in sums.items()}}
             row["ms"] = 1000 * seconds / cfg.n if not name.startswith("(") else float("nan")
             rows.append(row)
@@ -275,15 +277,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         grid_only=args.grid_only,
     )
     rows, examples, scenes = run(cfg)
-    if cfg.grid_only:
-        save_grid(cfg.grid, examples, scenes)
-        print(f"example maps: {cfg.grid}")
-        return 1 if any("error" in r for r in rows) else 0
-    print(
-        f"{cfg.n} scenes (seed {cfg.seed}), model {cfg.model}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads\n"
-    )
-    print(format_table(rows))
+    if not cfg.grid_only:
+        print(
+            f"{cfg.n} scenes (seed {cfg.seed}), model {cfg.model}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads\n"
+        )
+    if rows:  # with --grid-only, only the methods that failed
+        print(format_table(rows))
     if cfg.grid is not None:
         save_grid(cfg.grid, examples, scenes)
         print(f"\nexample maps: {cfg.grid}")
