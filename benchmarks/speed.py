@@ -435,7 +435,7 @@ def speed_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace, devi
                 elif method == "scorecam+cskip16":
                     floor = int(nonconst.sum(1).clamp(max=16).sum()) * per_img
                 elif method == "ablationcam":
-                    from pytorch_cam.ablation_cam import split_after
+                    from pytorch_cam.utils.fx_split import split_after
 
                     tail = split_after(model, layer).tail
                     with torch.inference_mode():

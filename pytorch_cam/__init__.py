@@ -1,43 +1,30 @@
-"""pytorch_cam: class activation maps for PyTorch vision models."""
+"""pytorch_cam: class activation maps for PyTorch vision models.
 
-from pytorch_cam.ablation_cam import AblationCAM
-from pytorch_cam.base_cam import BaseCAM
-from pytorch_cam.cam import CAM
-from pytorch_cam.eigen_cam import EigenCAM
-from pytorch_cam.eigen_grad_cam import EigenGradCAM
-from pytorch_cam.fullgrad import FullGrad
-from pytorch_cam.grad_cam import GradCAM
-from pytorch_cam.grad_cam_elementwise import GradCAMElementWise
-from pytorch_cam.grad_cam_plusplus import GradCAMPlusPlus
-from pytorch_cam.guided_backprop import GuidedBackpropReLUModel
-from pytorch_cam.hirescam import HiResCAM
-from pytorch_cam.iscam import ISCAM
-from pytorch_cam.layer_cam import LayerCAM
-from pytorch_cam.random_cam import RandomCAM
-from pytorch_cam.score_cam import ScoreCAM
-from pytorch_cam.smooth_grad_cam_pp import SmoothGradCAMpp
-from pytorch_cam.sscam import SSCAM
-from pytorch_cam.xgrad_cam import XGradCAM
+Every method module of the package is imported here and its classes are exported under their
+own names: a method registers itself with ``name=`` in its class statement (see
+``pytorch_cam.registry``), so adding a method is adding its file.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from pytorch_cam.base_cam import BaseCAM, LayerContext  # noqa: F401
+from pytorch_cam.guided_backprop import GuidedBackpropReLUModel  # noqa: F401
+from pytorch_cam.perturbation import PerturbationCAM  # noqa: F401
+from pytorch_cam.registry import REGISTRY as _REGISTRY
+
+# Not methods: the CLI would only slow the import down, and `methods` reads the finished registry.
+_NOT_METHODS = {"cli", "methods", "__main__"}
+
+for _module in _pkgutil.iter_modules(__path__):
+    if not _module.ispkg and _module.name not in _NOT_METHODS and not _module.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_module.name}")
+
+globals().update({_cls.__name__: _cls for _cls in _REGISTRY.values()})
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AblationCAM",
-    "BaseCAM",
-    "CAM",
-    "EigenCAM",
-    "EigenGradCAM",
-    "FullGrad",
-    "GradCAM",
-    "GradCAMElementWise",
-    "GradCAMPlusPlus",
-    "GuidedBackpropReLUModel",
-    "HiResCAM",
-    "ISCAM",
-    "LayerCAM",
-    "RandomCAM",
-    "SSCAM",
-    "ScoreCAM",
-    "SmoothGradCAMpp",
-    "XGradCAM",
-]
+__all__ = sorted(
+    {"BaseCAM", "GuidedBackpropReLUModel", "LayerContext", "PerturbationCAM"}
+    | {_cls.__name__ for _cls in _REGISTRY.values()}
+)

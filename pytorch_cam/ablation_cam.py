@@ -28,103 +28,24 @@ the layer's output in a full forward pass. Which path ran is logged at DEBUG lev
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, logger
-from pytorch_cam.score_cam import check_batch_size, pair_chunks, top_channels
-
-
-class _LeafTracer(fx.Tracer):
-    """Traces the model but keeps the target layer as one opaque call."""
-
-    def __init__(self, leaf: nn.Module) -> None:
-        super().__init__()
-        self.leaf = leaf
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return m is self.leaf or super().is_leaf_module(m, module_qualified_name)
+from pytorch_cam.base_cam import LayerContext, logger
+from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, top_channels
+from pytorch_cam.utils.fx_split import TailSplit, split_after
 
 
-@dataclass
-class TailSplit:
-    """The network after a target layer: ``tail(layer_output, *crossing)`` gives the model output.
-
-    ``head(x)`` returns the ``crossing`` values (computed before the layer, used after it); it is
-    None when there are none.
-    """
-
-    tail: fx.GraphModule
-    head: Optional[fx.GraphModule]
-    verified: bool = False
-
-    def crossing(self, x: torch.Tensor) -> List[Any]:
-        if self.head is None:
-            return []
-        return list(self.head(x))
-
-
-def split_after(model: nn.Module, layer: nn.Module) -> TailSplit:
-    """Split ``model`` at ``layer`` with torch.fx; raises (with the reason) when it cannot."""
-    tracer = _LeafTracer(layer)
-    graph = tracer.trace(model)
-    root = fx.GraphModule(tracer.root, graph)
-    name = next(n for n, m in model.named_modules() if m is layer)
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
-    if len(calls) != 1:
-        raise RuntimeError(f"the target layer is called {len(calls)} times in the traced graph")
-    target = calls[0]
-    if any(u.op == "call_function" and u.target is operator.getitem for u in target.users):
-        raise RuntimeError("the target layer returns a tuple or list")
-    nodes = list(graph.nodes)
-    pos = nodes.index(target)
-    before, after = nodes[:pos], nodes[pos + 1 :]
-    before_set = set(before)
-    crossing: List[fx.Node] = []
-    for n in after:
-        for a in n.all_input_nodes:
-            if a in before_set and a.op != "get_attr" and a not in crossing:
-                crossing.append(a)
-
-    tail = fx.Graph()
-    env: Dict[fx.Node, fx.Node] = {target: tail.placeholder("layer_output")}
-    for i, n in enumerate(crossing):
-        env[n] = tail.placeholder(f"crossing_{i}")
-    for n in before:  # parameters and buffers used after the layer
-        if n.op == "get_attr" and any(u in after for u in n.users):
-            env[n] = tail.node_copy(n, lambda a: env[a])
-    for n in after:
-        env[n] = tail.node_copy(n, lambda a: env[a])
-    tail.lint()
-
-    head_gm = None
-    if crossing:
-        head = fx.Graph()
-        henv: Dict[fx.Node, fx.Node] = {}
-        for n in before:
-            henv[n] = head.node_copy(n, lambda a: henv[a])
-        head.output(tuple(henv[n] for n in crossing))
-        head_gm = fx.GraphModule(root, head)
-        head_gm.graph.eliminate_dead_code()
-        head_gm.graph.lint()
-        head_gm.recompile()
-    return TailSplit(tail=fx.GraphModule(root, tail), head=head_gm)
-
-
-class AblationCAM(BaseCAM):
-    uses_gradients = False
-
+class AblationCAM(PerturbationCAM, name="ablationcam"):
     def __init__(
         self,
         model: nn.Module,
         target_layers,
         reshape_transform=None,
         ablation_layer: Any = None,
-        batch_size: Union[int, str] = "auto",
+        batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
         ratio_channels_to_ablate: float = 1.0,
         progress: bool = True,
         device=None,
@@ -144,12 +65,11 @@ class AblationCAM(BaseCAM):
             )
         if not 0.0 < ratio_channels_to_ablate <= 1.0:
             raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}")
-        check_batch_size(batch_size)
         self.ratio_channels_to_ablate = ratio_channels_to_ablate
         self._splits: Dict[int, Optional[TailSplit]] = {}  # id(layer) -> split, None: not splittable
 
-    def _channel_dim(self, raw: torch.Tensor) -> int:
-        return 1 if self.reshape_transform is None else raw.ndim - 1
+    def _channel_dim(self, raw: torch.Tensor, index: int) -> int:
+        return 1 if self.layer_reshape_transform(index) is None else raw.ndim - 1
 
     def run_with_layer_output(self, layer: nn.Module, input_rows: torch.Tensor, new_output: torch.Tensor) -> Any:
         """Model outputs when ``layer`` produces ``new_output`` instead of its own result."""
@@ -166,9 +86,6 @@ class AblationCAM(BaseCAM):
             return self.model(input_rows)
         finally:
             handle.remove()
-
-    def _pair_chunks(self, keep: torch.Tensor, key: Any = None, pixels: int = 224 * 224) -> Iterator[tuple]:
-        return pair_chunks(self, keep, key, pixels)
 
     def tail_split(self, layer: nn.Module) -> Optional[TailSplit]:
         """The cached fx split of the model after ``layer``, or None when it cannot be split."""
@@ -187,8 +104,9 @@ class AblationCAM(BaseCAM):
                 self._splits[key] = None
         return self._splits[key]
 
-    def _tail_runner(self, layer: nn.Module, input_tensor: torch.Tensor, raw: torch.Tensor, targets: list):
+    def _tail_runner(self, ctx: LayerContext):
         """A function (image rows, new layer output) -> model outputs; the fx tail where possible."""
+        layer, input_tensor, raw, targets = ctx.layer, ctx.input_tensor, ctx.raw_activations, ctx.targets
         split = self.tail_split(layer) if torch.is_tensor(raw) else None
         if split is not None:
             crossing = split.crossing(input_tensor)
@@ -202,8 +120,8 @@ class AblationCAM(BaseCAM):
         if split is not None and not split.verified:
             # Check once that the tail reproduces the model's own target scores.
             rows = torch.arange(input_tensor.shape[0], device=input_tensor.device)
-            got = self._score_rows(split.tail(raw, *crossing), targets, rows)
-            want = self._state.target_scores.to(got.device, got.dtype)
+            got = self.score_rows(split.tail(raw, *crossing), targets, rows)
+            want = ctx.target_scores.to(got.device, got.dtype)
             if torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6):
                 split.verified = True
             else:
@@ -224,11 +142,9 @@ class AblationCAM(BaseCAM):
 
         return run
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
-        state = self._state
-        index = next(i for i, m in enumerate(self.target_layers) if m is target_layer)
-        raw = state.raw_activations[index]
-        dim = self._channel_dim(raw)
+    def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
+        raw, activations = ctx.raw_activations, ctx.activations
+        dim = self._channel_dim(raw, ctx.index)
         b, c = activations.shape[:2]
         if raw.shape[dim] != c:
             raise ValueError(
@@ -237,16 +153,16 @@ class AblationCAM(BaseCAM):
             )
         k = max(1, round(self.ratio_channels_to_ablate * c))
         keep = top_channels(activations, k, "max")
-        original = state.target_scores.to(activations.device)
+        original = ctx.target_scores.to(activations.device)
         ablated = original[:, None].expand(b, c).clone()  # skipped channels: no drop, weight 0
         with torch.inference_mode():
-            run = self._tail_runner(target_layer, input_tensor, raw, targets)
-            key = ("ablate", index, tuple(input_tensor.shape[1:]), input_tensor.dtype)
-            pixels = math.prod(input_tensor.shape[2:])
-            for b_idx, c_idx in self._pair_chunks(keep, key, pixels):
+            run = self._tail_runner(ctx)
+            key = ("ablate", ctx.index, tuple(ctx.input_tensor.shape[1:]), ctx.input_tensor.dtype)
+            pixels = math.prod(ctx.input_tensor.shape[2:])
+            for b_idx, c_idx in self.pair_chunks(keep, key, pixels):
                 new = raw[b_idx]  # advanced indexing already copies: a .clone() would copy every row twice
                 new.movedim(dim, 1)[torch.arange(b_idx.numel(), device=new.device), c_idx] = 0
-                ablated[b_idx, c_idx] = self._score_rows(run(b_idx, new), targets, b_idx).to(ablated.dtype)
+                ablated[b_idx, c_idx] = self.score_rows(run(b_idx, new), ctx.targets, b_idx).to(ablated.dtype)
         original = original[:, None]
         safe = torch.where(original.abs() < 1e-12, torch.full_like(original, 1e-12), original)
         return ((original - ablated) / safe).clone()

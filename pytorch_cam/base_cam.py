@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pytorch_cam.registry import Registered
 from pytorch_cam.utils.find_layers import (
     find_default_target_layers,
     find_transformer_target_layers,
@@ -44,15 +45,53 @@ TargetLike = Union[Target, int]
 
 @dataclass
 class CallState:
-    """What one ``__call__`` captured; methods read it while computing their weights."""
+    """What one forward/backward pass captured. Created per call and passed along, never stored on the CAM."""
 
     input_tensor: torch.Tensor
     outputs: Any
     targets: list
     target_scores: Optional[torch.Tensor] = None  # (B,) score of each image's target
     raw_activations: dict = field(default_factory=dict)  # layer index -> layer output as produced
+    raw_gradients: dict = field(default_factory=dict)  # layer index -> d(score)/d(layer output)
     input_gradient: Optional[torch.Tensor] = None  # d(score)/d(input) when compute_input_gradient
     cache: dict = field(default_factory=dict)  # per-call scratch space, e.g. results shared by all layers
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """Everything a method may need to explain one target layer in one call.
+
+    ``activations``/``grads`` are in (B, C, *spatial) layout (after the reshape transform);
+    ``raw_activations``/``raw_grads`` are the layer's output and its gradient as produced. With
+    ``create_graph = True`` on the method they are still attached to the autograd graph (for
+    second-order terms, e.g. ShapleyCAM's Hessian-vector product).
+    """
+
+    index: int  # position in target_layers (a layer listed twice has two indices)
+    layer: nn.Module
+    input_tensor: torch.Tensor
+    targets: list
+    target_scores: torch.Tensor
+    outputs: Any
+    raw_activations: Any
+    activations: torch.Tensor
+    raw_grads: Optional[torch.Tensor]
+    grads: Optional[torch.Tensor]
+    input_gradient: Optional[torch.Tensor]
+    reshape: Callable[[torch.Tensor], torch.Tensor]  # raw layer layout -> (B, C, *spatial)
+    call: CallState
+
+
+@dataclass
+class Inferred:
+    """What a CAM chose for the user on its first call (``None``: nothing was inferred).
+
+    Kept apart from the constructor's arguments: ``cam.target_layers`` and
+    ``cam.reshape_transform`` stay exactly what the user passed.
+    """
+
+    target_layers: Optional[List[nn.Module]] = None
+    reshape_transforms: Dict[int, Callable[..., torch.Tensor]] = field(default_factory=dict)  # layer index -> transform
 
 
 def min_max_scale(cam: torch.Tensor) -> torch.Tensor:
@@ -119,8 +158,9 @@ def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> 
     return actual
 
 
-class BaseCAM:
-    """Abstract base of every CAM method. Subclasses override ``get_cam_weights``.
+class BaseCAM(Registered):
+    """Abstract base of every CAM method. Subclasses override ``get_cam_weights`` (or one of the
+    ``layer_*`` extension points when they need more than grad-cam's five arguments).
 
     Args:
         model: any ``nn.Module``; it is evaluated in eval mode during a call and restored after.
@@ -128,22 +168,22 @@ class BaseCAM:
             averaged after resizing to the input. ``None`` picks a default (logged at INFO): the
             last block's first norm for torchvision/timm ViT, DeiT and Swin, otherwise the last
             spatial layer before global pooling, found with one dry forward on the first call
-            (see ``pytorch_cam.utils.find_layers``).
+            (see ``pytorch_cam.utils.find_layers``). The choice is kept in ``cam.inferred``.
         reshape_transform: turns a layer output that is not (B, C, *spatial) — e.g. ViT tokens
             (B, N, C) — into that layout; applied to activations and gradients alike. It is
             called as ``transform(tensor, input_size=(H, W))`` when its signature has an
             ``input_size`` keyword, else ``transform(tensor)``. ``None`` with token (B, N, C) or
             channels-last Swin (B, H, W, C) outputs infers ``vit_reshape_transform`` /
-            ``swin_reshape_transform`` on the first call (logged at INFO) and stores it here.
-        batch_size: how many masked/ablated inputs the gradient-free methods score per forward.
+            ``swin_reshape_transform`` on the first call (logged at INFO), kept in ``cam.inferred``.
         device: optional check that the model lives where you expect (e.g. ``"cuda"``).
-        progress: show a tqdm bar for the batched scoring of gradient-free methods.
     """
 
     #: whether the method needs gradients of the target w.r.t. the activations
     uses_gradients: bool = True
     #: whether the map is always the first principal component of the weighted activations
     always_project: bool = False
+    #: keep the gradients attached to the graph (second-order methods, e.g. ShapleyCAM)
+    create_graph: bool = False
 
     def __init__(
         self,
@@ -153,20 +193,19 @@ class BaseCAM:
         compute_input_gradient: bool = False,
         uses_gradients: Optional[bool] = None,
         tta_transforms: Any = None,
-        batch_size: Union[int, str] = 32,
         device: Union[str, torch.device, None] = None,
-        progress: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.inferred = Inferred()
         if isinstance(target_layers, nn.Module):
             target_layers = [target_layers]
         if target_layers is None:
             # Transformer families are known now (and logged); other models need the first call's
             # input for a dry forward, so their default is found lazily in forward().
             if find_transformer_target_layers(model) is not None:
-                target_layers = find_default_target_layers(model)
+                self.inferred.target_layers = find_default_target_layers(model)
         elif len(target_layers) == 0:
             raise ValueError(
                 "target_layers is empty; pass the modules to explain, e.g. "
@@ -187,10 +226,14 @@ class BaseCAM:
         if uses_gradients is not None:
             self.uses_gradients = uses_gradients
         self.tta_transforms = tta_transforms
-        self.batch_size = batch_size
         self.device = resolve_device(device, model)
-        self.progress = progress
-        self._state: Optional[CallState] = None
+
+    @property
+    def layers(self) -> List[nn.Module]:
+        """The target layers in use: the user's, else the inferred default (empty before it is known)."""
+        if self.target_layers is not None:
+            return self.target_layers
+        return self.inferred.target_layers or []
 
     # ------------------------------------------------------------------ extension points
     def get_cam_weights(
@@ -201,22 +244,31 @@ class BaseCAM:
         activations: torch.Tensor,
         grads: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Channel weights (B, C), or element-wise weights shaped like ``activations``."""
+        """Channel weights (B, C), or element-wise weights shaped like ``activations``.
+
+        pytorch-grad-cam's extension point, kept for custom subclasses; methods that need more
+        (the layer's index, the target scores, the raw output) override ``layer_weights``.
+        """
         raise NotImplementedError
 
-    def weighted_activations(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: nn.Module,
-        targets: list,
-        activations: torch.Tensor,
-        grads: Optional[torch.Tensor],
-    ) -> torch.Tensor:
+    def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
+        """Channel (B, C) or element-wise weights for one layer; defaults to ``get_cam_weights``."""
+        return self.get_cam_weights(ctx.input_tensor, ctx.layer, ctx.targets, ctx.activations, ctx.grads)
+
+    def layer_weighted_activations(self, ctx: LayerContext) -> torch.Tensor:
         """The (B, C, *S) tensor whose channel sum (or first principal component) is the map."""
-        weights = self.get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+        weights = self.layer_weights(ctx)
+        activations = ctx.activations
         if weights.ndim == 2:
             weights = weights.reshape(*weights.shape, *([1] * (activations.ndim - 2)))
         return weights.to(activations.dtype) * activations
+
+    def layer_cam(self, ctx: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        """One layer's map (B, *S) at the layer's resolution, before the ReLU and scaling."""
+        weighted = self.layer_weighted_activations(ctx)
+        if eigen_smooth or self.always_project:
+            return first_principal_component(weighted)
+        return weighted.sum(dim=1)
 
     # ------------------------------------------------------------------ public API
     def __call__(
@@ -237,17 +289,21 @@ class BaseCAM:
     ) -> np.ndarray:
         """Compute one map per image: numpy float32 (B, *input spatial) in [0, 1]."""
         x = self._check_input(input_tensor)
-        if self.target_layers is None:
-            self.target_layers = find_default_target_layers(self.model, x[:1])
+        self.ensure_layers(x)
         if aug_smooth:
             cam = self._forward_augmented(x, targets, eigen_smooth)
         else:
-            cam = self._forward_tensor(x, targets, eigen_smooth)
+            cam = self.forward_tensor(x, targets, eigen_smooth)
         return cam.detach().float().cpu().numpy()
+
+    def ensure_layers(self, x: torch.Tensor) -> List[nn.Module]:
+        """The target layers, finding the default with a dry forward on ``x`` if none is known yet."""
+        if not self.layers:
+            self.inferred.target_layers = find_default_target_layers(self.model, x[:1])
+        return self.layers
 
     def release(self) -> None:
         """Kept for API compatibility: hooks only exist during a call, so there is nothing left."""
-        self._state = None
 
     def __enter__(self) -> BaseCAM:
         return self
@@ -358,7 +414,7 @@ class BaseCAM:
             return hook
 
         try:
-            for i, layer in enumerate(self.target_layers):
+            for i, layer in enumerate(self.layers):
                 handles.append(layer.register_forward_hook(make_hook(i, layer)))
             yield store
         finally:
@@ -366,32 +422,28 @@ class BaseCAM:
                 h.remove()
 
     def _layer_name(self, index: int) -> str:
-        layer = self.target_layers[index]
+        layer = self.layers[index]
         for name, m in self.model.named_modules():
             if m is layer:
                 return f"'{name}' ({type(layer).__name__})"
         return type(layer).__name__
 
-    def _forward_tensor(
+    def forward_tensor(
         self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool
     ) -> torch.Tensor:
-        """The whole pipeline for one (un-augmented) batch; returns maps (B, *S) on the device."""
+        """The whole pipeline for one (un-augmented) batch; returns maps (B, *S) in [0, 1] on the device."""
         with self._eval_mode():
-            state, grads_raw = self.capture_pass(x, targets)
-            self._state = state
-            try:
-                cam = self.combine_layers(x, state.targets, grads_raw, eigen_smooth)
-            finally:
-                self._state = None
+            call = self.capture_pass(x, targets)
+            cam = self.combine_layers(call, eigen_smooth)
         return min_max_scale(cam)
 
     def capture_pass(
         self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], need_grads: Optional[bool] = None
-    ) -> tuple:
+    ) -> CallState:
         """One forward (and, for gradient methods, backward) pass on ``x`` with the layers hooked.
 
-        Returns the call's ``CallState`` and a dict layer index -> raw gradient. Methods that need
-        extra passes (e.g. on noisy copies of the input) call it again; the caller holds eval mode.
+        Returns the pass's ``CallState``. Methods that need extra passes (e.g. on noisy copies of
+        the input) call it again; the caller holds eval mode.
         """
         if need_grads is None:
             need_grads = self.uses_gradients
@@ -407,7 +459,8 @@ class BaseCAM:
             # The capture hook left autograd on; a no_grad block of the model's own around the
             # target layer switched it back off on exit.
             forward_disabled_grad = need_grads and not input_grad and not torch.is_grad_enabled()
-        missing = [i for i in range(len(self.target_layers)) if i not in store]
+        n_layers = len(self.layers)
+        missing = [i for i in range(n_layers) if i not in store]
         if missing:
             names = ", ".join(self._layer_name(i) for i in missing)
             raise RuntimeError(
@@ -415,12 +468,12 @@ class BaseCAM:
                 "pick a module that the forward actually calls (print(model) lists them)"
             )
         resolved = self._resolve_targets(targets, outputs, x.shape[0])
-        state = CallState(input_tensor=x, outputs=outputs, targets=resolved)
-        grads_raw: dict = {}
+        call = CallState(input_tensor=x, outputs=outputs, targets=resolved)
         with grad_ctx:
             scores = torch.stack([torch.as_tensor(t(o)).reshape(()) for t, o in zip(resolved, outputs)])
             total = scores.sum()  # inside grad_ctx: callers may hold no_grad (extra passes from a method)
-        state.target_scores = scores.detach()
+        call.target_scores = scores.detach()
+        keep_graph = need_grads and self.create_graph
         if need_grads:
             if forward_disabled_grad or not scores.requires_grad:
                 raise RuntimeError(
@@ -429,38 +482,84 @@ class BaseCAM:
                     "(GradCAM, GradCAM++, XGradCAM, ...) need autograd; remove the no_grad "
                     "from forward or use a gradient-free method (ScoreCAM, AblationCAM, EigenCAM)"
                 )
-            wrt = [store[i] for i in range(len(self.target_layers))]
+            wrt = [store[i] for i in range(n_layers)]
             if self.compute_input_gradient:
                 wrt.append(x_in)
             with torch.enable_grad():
-                grads = torch.autograd.grad(total, wrt, allow_unused=True)
-            for i, g in enumerate(grads[: len(self.target_layers)]):
+                grads = torch.autograd.grad(total, wrt, allow_unused=True, create_graph=keep_graph)
+            for i, g in enumerate(grads[:n_layers]):
                 if g is None:
                     logger.warning(
                         "the target score does not depend on target layer %s; its gradient is zero",
                         self._layer_name(i),
                     )
                     g = torch.zeros_like(wrt[i])
-                grads_raw[i] = g.detach()
+                call.raw_gradients[i] = g if keep_graph else g.detach()
             if self.compute_input_gradient:
                 g = grads[-1]
-                state.input_gradient = torch.zeros_like(x) if g is None else g.detach()
-        state.raw_activations = {i: store[i].detach() for i in range(len(self.target_layers))}
-        state.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
-        return state, grads_raw
+                call.input_gradient = torch.zeros_like(x) if g is None else g.detach()
+        call.raw_activations = {i: store[i] if keep_graph else store[i].detach() for i in range(n_layers)}
+        call.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
+        return call
 
-    def combine_layers(self, x: torch.Tensor, targets: list, grads_raw: dict, eigen_smooth: bool) -> torch.Tensor:
+    def combine_layers(self, call: CallState, eigen_smooth: bool) -> torch.Tensor:
         """Maps (B, *S) at input resolution from all target layers: the mean of the per-layer maps.
 
         Extension point for methods whose layers are not explained one by one (e.g. FullGrad).
         """
-        maps = [self._layer_map(i, x, targets, grads_raw.get(i), eigen_smooth) for i in range(len(self.target_layers))]
+        maps = [self._layer_map(self.layer_context(call, i), eigen_smooth) for i in range(len(self.layers))]
         return torch.stack(maps, dim=1).mean(dim=1)
 
-    def _infer_reshape_transform(self, tensor: torch.Tensor, index: int) -> None:
+    def layer_context(self, call: CallState, index: int) -> LayerContext:
+        """The ``LayerContext`` of target layer ``index`` in ``call`` (activations reshaped, checked)."""
+        size = tuple(call.input_tensor.shape[2:])
+        raw = call.raw_activations[index]
+        transform = self._layer_transform(raw, index, size)
+
+        def reshape(tensor: torch.Tensor, what: str = "tensor") -> torch.Tensor:
+            return self._to_spatial(tensor, index, what, transform, size)
+
+        acts = reshape(raw, "activations")
+        raw_grads = call.raw_gradients.get(index)
+        grads = reshape(raw_grads, "gradients") if raw_grads is not None else None
+        if not bool(torch.isfinite(acts).all()):
+            raise RuntimeError(
+                f"target layer {self._layer_name(index)} produced NaN/Inf activations for a finite "
+                "input; check the model (e.g. its normalisation) before explaining it"
+            )
+        return LayerContext(
+            index=index,
+            layer=self.layers[index],
+            input_tensor=call.input_tensor,
+            targets=call.targets,
+            target_scores=call.target_scores,
+            outputs=call.outputs,
+            raw_activations=raw,
+            activations=acts,
+            raw_grads=raw_grads,
+            grads=grads,
+            input_gradient=call.input_gradient,
+            reshape=reshape,
+            call=call,
+        )
+
+    def _layer_transform(self, tensor: torch.Tensor, index: int, size: tuple) -> Optional[Callable]:
+        """The reshape transform of layer ``index``: the user's, else the inferred one (inferring it once)."""
+        if self.reshape_transform is not None:
+            return self.reshape_transform
+        if index not in self.inferred.reshape_transforms:
+            self.inferred.reshape_transforms[index] = self._infer_reshape_transform(tensor, index, size)
+        return self.inferred.reshape_transforms[index]
+
+    def layer_reshape_transform(self, index: int) -> Optional[Callable]:
+        """The reshape transform in use for target layer ``index`` (``None``: none needed or not yet known)."""
+        if self.reshape_transform is not None:
+            return self.reshape_transform
+        return self.inferred.reshape_transforms.get(index)
+
+    def _infer_reshape_transform(self, tensor: torch.Tensor, index: int, size: tuple) -> Optional[Callable]:
         """With no reshape_transform, recognise token / channels-last outputs and pick one."""
-        size = tuple(self._state.input_tensor.shape[2:]) if self._state is not None else None
-        if tensor.ndim == 3 and size is not None and len(size) == 2:
+        if tensor.ndim == 3 and len(size) == 2:
             prefix = known_num_prefix_tokens(self.model)
             try:
                 grid = infer_token_grid(tensor.shape[1], size, num_prefix_tokens=prefix)
@@ -470,7 +569,6 @@ class BaseCAM:
                     f"{tuple(tensor.shape)} (B, tokens, channels) and no reshape_transform was given; "
                     f"inferring the patch grid failed: {err}"
                 ) from err
-            self.reshape_transform = make_vit_reshape_transform(num_prefix_tokens=grid.prefix)
             logger.info(
                 "target layer %s outputs tokens %s: inferred %d prefix token(s) and a %dx%d patch grid "
                 "for the %dx%d input; using vit_reshape_transform(num_prefix_tokens=%d)",
@@ -482,8 +580,9 @@ class BaseCAM:
                 *size,
                 grid.prefix,
             )
-        elif tensor.ndim == 4:
-            channels_last = guess_channels_last(self.model, self.target_layers[index], tensor.shape)
+            return make_vit_reshape_transform(num_prefix_tokens=grid.prefix)
+        if tensor.ndim == 4:
+            channels_last = guess_channels_last(self.model, self.layers[index], tensor.shape)
             if channels_last is None:
                 raise ValueError(
                     f"target layer {self._layer_name(index)} produced {tuple(tensor.shape)}, which may be "
@@ -493,22 +592,19 @@ class BaseCAM:
                     "(B, C, H, W), use an input whose size makes the last dim differ from the channels"
                 )
             if channels_last:
-                self.reshape_transform = swin_reshape_transform
                 logger.info(
                     "target layer %s outputs a channels-last (B, H, W, C) map %s; using swin_reshape_transform",
                     self._layer_name(index),
                     tuple(tensor.shape),
                 )
+                return swin_reshape_transform
+        return None
 
-    def _to_spatial(self, tensor: torch.Tensor, index: int, what: str) -> torch.Tensor:
-        if self.reshape_transform is None:
-            self._infer_reshape_transform(tensor, index)
-        if self.reshape_transform is not None:
-            transform = self.reshape_transform
-            if self._state is not None and accepts_input_size(transform):
-                tensor = transform(tensor, input_size=tuple(self._state.input_tensor.shape[2:]))
-            else:
-                tensor = transform(tensor)
+    def _to_spatial(
+        self, tensor: torch.Tensor, index: int, what: str, transform: Optional[Callable], size: tuple
+    ) -> torch.Tensor:
+        if transform is not None:
+            tensor = transform(tensor, input_size=size) if accepts_input_size(transform) else transform(tensor)
         if tensor.ndim < 3:
             raise ValueError(
                 f"target layer {self._layer_name(index)} produced {what} of shape "
@@ -519,7 +615,7 @@ class BaseCAM:
             hint = (
                 "pass reshape_transform=vit_reshape_transform (from pytorch_cam.utils."
                 "reshape_transforms) for ViT/DeiT tokens, or swin_reshape_transform for Swin"
-                if self.reshape_transform is None
+                if transform is None
                 else "your reshape_transform must return (B, C, H, W)"
             )
             raise ValueError(
@@ -528,31 +624,11 @@ class BaseCAM:
             )
         return tensor
 
-    def _layer_map(
-        self,
-        index: int,
-        x: torch.Tensor,
-        targets: list,
-        grads_raw: Optional[torch.Tensor],
-        eigen_smooth: bool,
-    ) -> torch.Tensor:
-        assert self._state is not None
-        layer = self.target_layers[index]
-        acts = self._to_spatial(self._state.raw_activations[index], index, "activations")
-        grads = self._to_spatial(grads_raw, index, "gradients") if grads_raw is not None else None
-        if not bool(torch.isfinite(acts).all()):
-            raise RuntimeError(
-                f"target layer {self._layer_name(index)} produced NaN/Inf activations for a finite "
-                "input; check the model (e.g. its normalisation) before explaining it"
-            )
+    def _layer_map(self, ctx: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        """One layer's map, rectified, scaled to [0, 1] and resized to the input."""
         with torch.no_grad():
-            weighted = self.weighted_activations(x, layer, targets, acts, grads)
-            if eigen_smooth or self.always_project:
-                cam = first_principal_component(weighted)
-            else:
-                cam = weighted.sum(dim=1)
-            cam = torch.relu(cam).float()
-            return resize_maps(min_max_scale(cam), x.shape[2:])
+            cam = torch.relu(self.layer_cam(ctx, eigen_smooth)).float()
+            return resize_maps(min_max_scale(cam), ctx.input_tensor.shape[2:])
 
     def _forward_augmented(
         self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool
@@ -575,45 +651,8 @@ class BaseCAM:
         count = 0
         for transformer in transforms:
             augmented = transformer.augment_image(x)
-            cam = self._forward_tensor(augmented, targets, eigen_smooth)
+            cam = self.forward_tensor(augmented, targets, eigen_smooth)
             cam = transformer.deaugment_mask(cam[:, None])[:, 0]
             total = cam if total is None else total + cam
             count += 1
         return total / count
-
-    # ------------------------------------------------------------------ helpers for batched methods
-    def _chunk_size(self) -> int:
-        bs = self.batch_size
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise ValueError(f"batch_size must be a positive int, got {bs!r}")
-        return bs
-
-    @staticmethod
-    def _score_rows(outputs: torch.Tensor, targets: list, image_index: torch.Tensor) -> torch.Tensor:
-        """Target score of each output row; row j belongs to image ``image_index[j]``."""
-        if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs):
-            for t in targets:
-                t(outputs[0])  # range check, raises a clear IndexError
-            cats = torch.tensor([t.category for t in targets], device=outputs.device)
-            return outputs.gather(1, cats[image_index][:, None])[:, 0]
-        rows = image_index.tolist()
-        return torch.stack([torch.as_tensor(targets[b](outputs[j])).reshape(()) for j, b in enumerate(rows)])
-
-    def _pair_chunks(self, keep: torch.Tensor) -> Iterator[tuple]:
-        """Chunks of (image index, channel index) pairs where ``keep`` (B, C) is True.
-
-        Pairs of different images share a chunk, so a batch of images is scored together and
-        every forward pass is full.
-        """
-        b_idx, c_idx = keep.nonzero(as_tuple=True)
-        size = self._chunk_size()
-        starts = range(0, b_idx.numel(), size)
-        for start in self._progress(starts, total=len(starts), desc=type(self).__name__):
-            yield b_idx[start : start + size], c_idx[start : start + size]
-
-    def _progress(self, iterable: Any, total: int, desc: str) -> Any:
-        if not self.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False)

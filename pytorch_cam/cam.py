@@ -36,7 +36,7 @@ def _classifier_matrix(layer: nn.Module) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], weight.shape[1])
 
 
-class CAM(BaseCAM):
+class CAM(BaseCAM, name="cam"):
     uses_gradients = False
 
     def __init__(

@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help=f"inputs scored per forward pass by {', '.join(sorted(BATCHED))} (default: 32)",
+        help=f"inputs scored per forward pass by {', '.join(sorted(BATCHED))} (default: auto, which times a "
+        "few sizes on the first chunks and keeps the fastest)",
     )
     return p
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_cam.base_cam import BaseCAM
+from pytorch_cam.base_cam import BaseCAM, LayerContext
 
 
-class EigenCAM(BaseCAM):
+class EigenCAM(BaseCAM, name="eigencam"):
     uses_gradients = False
     always_project = True
 
-    def weighted_activations(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
-        return activations
+    def layer_weighted_activations(self, ctx: LayerContext) -> torch.Tensor:
+        return ctx.activations

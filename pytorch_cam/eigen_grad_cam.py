@@ -17,7 +17,7 @@ import torch
 from pytorch_cam.base_cam import BaseCAM
 
 
-class EigenGradCAM(BaseCAM):
+class EigenGradCAM(BaseCAM, name="eigengradcam"):
     always_project = True
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:

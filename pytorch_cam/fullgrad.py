@@ -24,7 +24,7 @@ import logging
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, first_principal_component, min_max_scale, resize_maps
+from pytorch_cam.base_cam import BaseCAM, CallState, LayerContext, first_principal_component, min_max_scale, resize_maps
 
 logger = logging.getLogger("pytorch_cam")
 
@@ -50,7 +50,7 @@ def _channel_scale(x: torch.Tensor) -> torch.Tensor:
     return min_max_scale(x.reshape(b * c, *x.shape[2:])).reshape(x.shape)
 
 
-class FullGrad(BaseCAM):
+class FullGrad(BaseCAM, name="fullgrad"):
     def __init__(self, model: nn.Module, target_layers=(), reshape_transform=None, **kwargs) -> None:
         if target_layers is not None and len(list(target_layers)) > 0:
             logger.warning("FullGrad ignores target_layers: it uses every Conv/BatchNorm layer that has a bias")
@@ -64,20 +64,20 @@ class FullGrad(BaseCAM):
             raise ValueError("FullGrad explains convolutional layers only; drop reshape_transform")
         super().__init__(model, layers, compute_input_gradient=True, **kwargs)
 
-    def weighted_activations(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
-        bias = effective_bias(target_layer).to(grads.device, grads.dtype)
+    def layer_weighted_activations(self, ctx: LayerContext) -> torch.Tensor:
+        grads = ctx.grads
+        bias = effective_bias(ctx.layer).to(grads.device, grads.dtype)
         return (grads * bias.reshape(1, -1, *([1] * (grads.ndim - 2)))).abs()
 
-    def combine_layers(self, x, targets, grads_raw, eigen_smooth) -> torch.Tensor:
-        state = self._state
+    def combine_layers(self, call: CallState, eigen_smooth: bool) -> torch.Tensor:
+        x = call.input_tensor
         size = x.shape[2:]
         # One map per input channel, then one per bias layer (its normalised channels summed).
-        maps = list(_channel_scale((state.input_gradient * x).abs().float()).unbind(1))
+        maps = list(_channel_scale((call.input_gradient * x).abs().float()).unbind(1))
         with torch.no_grad():
-            for i, layer in enumerate(self.target_layers):
-                acts = self._to_spatial(state.raw_activations[i], i, "activations")
-                grads = self._to_spatial(grads_raw[i], i, "gradients")
-                per_channel = _channel_scale(self.weighted_activations(x, layer, targets, acts, grads).float())
+            for i in range(len(self.layers)):
+                ctx = self.layer_context(call, i)
+                per_channel = _channel_scale(self.layer_weighted_activations(ctx).float())
                 maps.append(resize_maps(per_channel.sum(dim=1), size))
         stacked = torch.stack(maps, dim=1)
         if eigen_smooth:

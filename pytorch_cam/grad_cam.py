@@ -14,6 +14,6 @@ import torch
 from pytorch_cam.base_cam import BaseCAM
 
 
-class GradCAM(BaseCAM):
+class GradCAM(BaseCAM, name="gradcam"):
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
         return grads.mean(dim=tuple(range(2, grads.ndim)))

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_cam.base_cam import BaseCAM
+from pytorch_cam.base_cam import BaseCAM, LayerContext
 
 
-class GradCAMElementWise(BaseCAM):
-    def weighted_activations(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
-        return torch.relu(grads.to(activations.dtype) * activations)
+class GradCAMElementWise(BaseCAM, name="gradcamelementwise"):
+    def layer_weighted_activations(self, ctx: LayerContext) -> torch.Tensor:
+        return torch.relu(ctx.grads.to(ctx.activations.dtype) * ctx.activations)

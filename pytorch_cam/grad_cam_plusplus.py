@@ -20,7 +20,7 @@ from pytorch_cam.base_cam import BaseCAM
 _EPS = 1e-6
 
 
-class GradCAMPlusPlus(BaseCAM):
+class GradCAMPlusPlus(BaseCAM, name="gradcam++"):
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
         dims = tuple(range(2, grads.ndim))
         g2 = grads.pow(2)

@@ -18,6 +18,6 @@ import torch
 from pytorch_cam.base_cam import BaseCAM
 
 
-class HiResCAM(BaseCAM):
+class HiResCAM(BaseCAM, name="hirescam"):
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
         return grads

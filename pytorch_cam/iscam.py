@@ -22,17 +22,18 @@ from typing import Union
 import torch
 from torch import nn
 
+from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE
 from pytorch_cam.score_cam import ScoreCAM
 from pytorch_cam.sscam import LazyVariants, check_num_samples
 
 
-class ISCAM(ScoreCAM):
+class ISCAM(ScoreCAM, name="iscam"):
     def __init__(
         self,
         model: nn.Module,
         target_layers,
         reshape_transform=None,
-        batch_size: Union[int, str] = 32,
+        batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
         num_samples: int = 10,
         cskip: Union[int, float, None] = None,
         cskip_rank: str = "max",
@@ -51,7 +52,7 @@ class ISCAM(ScoreCAM):
         )
         self.num_samples = check_num_samples(num_samples)
 
-    def perturbed_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> LazyVariants:
+    def perturbed_inputs(self, inputs: torch.Tensor, masks: torch.Tensor, generator=None) -> LazyVariants:
         n = self.num_samples
         masked = inputs * masks
 

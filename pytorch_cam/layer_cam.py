@@ -17,6 +17,6 @@ import torch
 from pytorch_cam.base_cam import BaseCAM
 
 
-class LayerCAM(BaseCAM):
+class LayerCAM(BaseCAM, name="layercam"):
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
         return torch.relu(grads)

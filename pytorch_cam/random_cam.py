@@ -18,7 +18,7 @@ from torch import nn
 from pytorch_cam.base_cam import BaseCAM
 
 
-class RandomCAM(BaseCAM):
+class RandomCAM(BaseCAM, name="randomcam"):
     uses_gradients = False
 
     def __init__(self, model: nn.Module, target_layers, reshape_transform=None, seed: Optional[int] = None, **kwargs):

@@ -17,8 +17,9 @@ those K and every other channel gets weight 0. ``K`` may be an int or a ratio in
 
 Speed (the map is unchanged by all of these): masked inputs are built chunk by chunk, so memory
 is bounded by ``batch_size`` and not by the channel count; pairs of several images share a
-forward pass; ``batch_size="auto"`` (the default) times a few chunk sizes on the first chunks
-and keeps the fastest for the rest (and for later calls with the same input shape). A constant
+forward pass; ``batch_size="auto"`` (the default, see ``PerturbationCAM``) times a few chunk
+sizes on the first chunks and keeps the fastest for the rest (and for later calls with the same
+input shape). A constant
 channel (e.g. all zeros after a ReLU) gives an all-zero mask, whose masked input is the same
 for every image, so it is scored once per call; channels with identical activations within an
 image give identical masks and are scored once. "Unchanged" is up to float rounding: CPU
@@ -29,13 +30,13 @@ convolutions round differently at different batch sizes (~1e-6 on the map), so p
 from __future__ import annotations
 
 import math
-import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, min_max_scale, resize_maps
+from pytorch_cam.base_cam import LayerContext, min_max_scale, resize_maps
+from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, top_channels
 
 
 def _resolve_cskip(cskip: Union[int, float, None], channels: int) -> int:
@@ -52,90 +53,6 @@ def _resolve_cskip(cskip: Union[int, float, None], channels: int) -> int:
             raise ValueError(f"cskip must keep at least one channel, got {cskip}")
         return min(cskip, channels)
     raise TypeError(f"cskip must be an int, a float ratio or None, got {type(cskip).__name__}")
-
-
-def check_batch_size(batch_size: Union[int, str]) -> None:
-    if batch_size == "auto":
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
-
-
-def auto_candidates(device: torch.device, pixels: int) -> Tuple[int, ...]:
-    """Chunk sizes that ``batch_size="auto"`` tries for inputs of ``pixels`` spatial elements.
-
-    Small batches often win on CPUs for 224x224 inputs, large ones for small inputs; the largest
-    candidate is capped so a chunk never holds more than about 16 images of 224x224 (CPU) or 128
-    (GPU), which bounds the memory.
-    """
-    budget = (128 if device.type == "cuda" else 16) * 224 * 224
-    largest = max(2, min(256, 2 ** int(math.log2(max(1, budget // max(1, pixels))))))
-    smallest = 16 if device.type == "cuda" else 2
-    sizes = [2**i for i in range(int(math.log2(smallest)), int(math.log2(largest)) + 1)]
-    return tuple(sizes) if sizes else (largest,)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def pair_chunks(
-    cam: Any, keep: torch.Tensor, key: Any, pixels: int = 224 * 224
-) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Chunks of (image, channel) index pairs where ``keep`` (B, C) is True, for ``cam``.
-
-    With an int ``cam.batch_size`` the chunks have that size. With ``"auto"`` the first chunks
-    probe a few sizes (``auto_candidates``, after one warm-up chunk): the time between handing out a chunk and being
-    asked for the next one is what the caller spent on it, so the per-pair time of each size is
-    measured on real work, nothing is thrown away, and the fastest size is used for the rest.
-    The choice is remembered in ``cam._auto_batch[key]``.
-    """
-    b_idx, c_idx = keep.nonzero(as_tuple=True)
-    total = b_idx.numel()
-    check_batch_size(cam.batch_size)
-    cache: Dict[Any, int] = cam.__dict__.setdefault("_auto_batch", {})
-    if cam.batch_size != "auto":
-        fixed: Optional[int] = cam.batch_size
-    else:
-        fixed = cache.get(key)
-    bar = cam._progress(None, total=total, desc=type(cam).__name__) if cam.progress else None
-    start = 0
-    try:
-        if fixed is None:
-            candidates = list(auto_candidates(keep.device, pixels))
-            # Probe only sizes the work can fill, so a small call still settles on a size.
-            while len(candidates) > 1 and min(candidates) + sum(candidates) > total:
-                candidates.pop()
-            plan = [min(candidates)] + list(candidates)  # the first chunk only warms up
-            per_pair: Dict[int, float] = {}
-            for i, size in enumerate(plan):
-                if start >= total:
-                    break
-                _sync(keep.device)
-                t0 = time.perf_counter()
-                stop = min(start + size, total)
-                yield b_idx[start:stop], c_idx[start:stop]
-                _sync(keep.device)
-                if i > 0 and stop - start == size:
-                    per_pair[size] = (time.perf_counter() - t0) / size
-                if bar is not None:
-                    bar.update(stop - start)
-                start = stop
-            if per_pair and len(per_pair) == len(candidates):
-                fixed = min(per_pair, key=per_pair.__getitem__)
-                cache[key] = fixed
-            else:
-                fixed = min(per_pair, key=per_pair.__getitem__) if per_pair else max(candidates)
-        while start < total:
-            stop = min(start + fixed, total)
-            yield b_idx[start:stop], c_idx[start:stop]
-            if bar is not None:
-                bar.update(stop - start)
-            start = stop
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def unique_rows(flat: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,32 +77,13 @@ def unique_rows(flat: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, t
     return rep_keep, torch.stack([pair_b, pair_c]), first[inverse]
 
 
-def top_channels(activations: torch.Tensor, k: int, rank: str = "max") -> torch.Tensor:
-    """Boolean (B, C) mask of each image's ``k`` highest-ranked channels."""
-    b, c = activations.shape[:2]
-    if k >= c:
-        return torch.ones(b, c, dtype=torch.bool, device=activations.device)
-    flat = activations.reshape(b, c, -1)
-    if rank == "max":
-        key = flat.amax(dim=-1)
-    elif rank == "std":
-        key = flat.float().std(dim=-1)
-    else:
-        raise ValueError(f"cskip_rank must be 'max' or 'std', got {rank!r}")
-    keep = torch.zeros(b, c, dtype=torch.bool, device=activations.device)
-    keep.scatter_(1, key.topk(k, dim=1).indices, True)
-    return keep
-
-
-class ScoreCAM(BaseCAM):
-    uses_gradients = False
-
+class ScoreCAM(PerturbationCAM, name="scorecam"):
     def __init__(
         self,
         model: nn.Module,
         target_layers,
         reshape_transform=None,
-        batch_size: Union[int, str] = "auto",
+        batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
         cskip: Union[int, float, None] = None,
         cskip_rank: str = "max",
         progress: bool = True,
@@ -199,7 +97,6 @@ class ScoreCAM(BaseCAM):
             device=device,
             progress=progress,
         )
-        check_batch_size(batch_size)
         _resolve_cskip(cskip, 1)  # validate early
         if cskip_rank not in ("max", "std"):
             raise ValueError(f"cskip_rank must be 'max' or 'std', got {cskip_rank!r}")
@@ -220,40 +117,45 @@ class ScoreCAM(BaseCAM):
         flat = activations.reshape(b, c, -1)
         constant = flat.amax(dim=-1) == flat.amin(dim=-1)
         scores = torch.full((b, c), float("-inf"), device=activations.device)
+        noise = self.noise_generator(input_tensor.device)
         with torch.inference_mode():
             if bool((keep & constant).any()):
                 zero_out = self.model(torch.zeros_like(input_tensor[:1]))
-                zero_scores = self._score_rows(
+                zero_scores = self.score_rows(
                     zero_out.expand(b, *zero_out.shape[1:]), targets, torch.arange(b, device=zero_out.device)
                 )
                 scores = torch.where(keep & constant, zero_scores[:, None].to(scores.dtype), scores)
             rep_keep, pairs, rep_of = unique_rows(flat, keep & ~constant)
             key = ("score", tuple(input_tensor.shape[1:]), input_tensor.dtype)
-            for b_idx, c_idx in self._pair_chunks(rep_keep, key, math.prod(size)):
+            for b_idx, c_idx in self.pair_chunks(rep_keep, key, math.prod(size)):
                 masks = min_max_scale(resize_maps(activations[b_idx, c_idx], size))
-                variants = self.perturbed_inputs(input_tensor[b_idx], masks[:, None].to(input_tensor.dtype))
+                variants = self.perturbed_inputs(input_tensor[b_idx], masks[:, None].to(input_tensor.dtype), noise)
                 total = None
                 for variant in variants:
-                    s = self._score_rows(self.model(variant), targets, b_idx).to(scores.dtype)
+                    s = self.score_rows(self.model(variant), targets, b_idx).to(scores.dtype)
                     total = s if total is None else total + s
                 scores[b_idx, c_idx] = total / len(variants)
             # Duplicate channels take their representative's score.
             scores[pairs[0], pairs[1]] = scores[pairs[0][rep_of], pairs[1][rep_of]]
         return scores.clone()
 
-    def _pair_chunks(self, keep: torch.Tensor, key: Any = None, pixels: int = 224 * 224) -> Iterator[tuple]:
-        return pair_chunks(self, keep, key, pixels)
+    def noise_generator(self, device: torch.device) -> Optional[torch.Generator]:
+        """The random generator handed to ``perturbed_inputs`` for one layer's scoring (None: not random)."""
+        return None
 
-    def perturbed_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> List[torch.Tensor]:
+    def perturbed_inputs(
+        self, inputs: torch.Tensor, masks: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> List[torch.Tensor]:
         """The inputs whose mean target score is a channel's score (extension point).
 
         ``inputs`` (k, C, *S) are the images, ``masks`` (k, 1, *S) the normalised channel masks of
-        one chunk. Score-CAM scores ``inputs * masks`` once; variants such as SS-CAM and IS-CAM
-        return several perturbed copies, each scored and averaged.
+        one chunk, ``generator`` what ``noise_generator`` made for this layer. Score-CAM scores
+        ``inputs * masks`` once; variants such as SS-CAM and IS-CAM return several perturbed
+        copies, each scored and averaged.
         """
         return [inputs * masks]
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> Optional[torch.Tensor]:
-        keep = self.channels_to_score(activations)
-        scores = self.score_masks(input_tensor, activations, keep, targets)
+    def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
+        keep = self.channels_to_score(ctx.activations)
+        scores = self.score_masks(ctx.input_tensor, ctx.activations, keep, ctx.targets)
         return torch.softmax(scores, dim=1)

@@ -21,12 +21,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM
+from pytorch_cam.base_cam import BaseCAM, CallState, LayerContext
 
 _EPS = 1e-6
 
 
-class SmoothGradCAMpp(BaseCAM):
+class SmoothGradCAMpp(BaseCAM, name="smoothgradcampp"):
     def __init__(
         self,
         model: nn.Module,
@@ -46,32 +46,31 @@ class SmoothGradCAMpp(BaseCAM):
         self.std = float(std)
         self.seed = seed
 
-    def _gradient_moments(self) -> list:
+    def _gradient_moments(self, call: CallState) -> list:
         """Per target layer: (D_1, D_2, D_3) over the noisy copies, computed once per call."""
-        state = self._state
-        if "smooth_moments" in state.cache:
-            return state.cache["smooth_moments"]
-        x = state.input_tensor
+        if "smooth_moments" in call.cache:
+            return call.cache["smooth_moments"]
+        x = call.input_tensor
         generator = torch.Generator(device=x.device)
         if self.seed is None:
             generator.seed()
         else:
             generator.manual_seed(int(self.seed))
-        sums: list = [None] * len(self.target_layers)
+        sums: list = [None] * len(self.layers)
         for _ in range(self.num_samples):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.std
-            _, grads = self.capture_pass(x + noise, state.targets, need_grads=True)
-            for i in range(len(self.target_layers)):
-                g = self._to_spatial(grads[i], i, "gradients").float()
+            noisy = self.capture_pass(x + noise, call.targets, need_grads=True)
+            for i in range(len(self.layers)):
+                g = self.layer_context(noisy, i).grads.float()
                 powers = (g, g * g, g * g * g)
                 sums[i] = powers if sums[i] is None else tuple(s + p for s, p in zip(sums[i], powers))
         moments = [tuple(s / self.num_samples for s in layer) for layer in sums]
-        state.cache["smooth_moments"] = moments
+        call.cache["smooth_moments"] = moments
         return moments
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
-        index = next(i for i, m in enumerate(self.target_layers) if m is target_layer)
-        d1, d2, d3 = self._gradient_moments()[index]
+    def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
+        d1, d2, d3 = self._gradient_moments(ctx.call)[ctx.index]
+        activations = ctx.activations
         dims = tuple(range(2, activations.ndim))
         act_sum = activations.float().sum(dim=dims, keepdim=True)
         alpha = d2 / (2 * d2 + act_sum * d3 + _EPS)

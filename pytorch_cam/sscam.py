@@ -11,8 +11,9 @@ Score-CAM whose channel scores are averaged over ``n`` noisy copies of each mask
 
 Defaults (``num_samples=35``, ``std=2.0``) follow torchcam. Scoring is batched and chunked like
 Score-CAM's and supports CSKIP. The noise comes from a ``torch.Generator`` seeded with ``seed``
-at each layer's scoring, so with a seed a call is deterministic (for a given ``batch_size``:
-the noise is drawn chunk by chunk, sample by sample).
+at each layer's scoring, so with a seed a call is deterministic. The noise is drawn chunk by
+chunk, so it depends on the chunk size: with a ``seed``, ``batch_size="auto"`` does not time
+chunk sizes but uses ``SEEDED_CHUNK`` (32), so seeded runs repeat exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
+from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE
 from pytorch_cam.score_cam import ScoreCAM
 
 
@@ -45,13 +47,17 @@ def check_num_samples(num_samples: int) -> int:
     return num_samples
 
 
-class SSCAM(ScoreCAM):
+#: chunk size of a seeded SS-CAM with batch_size="auto" (timing would make the noise depend on the clock)
+SEEDED_CHUNK = 32
+
+
+class SSCAM(ScoreCAM, name="sscam"):
     def __init__(
         self,
         model: nn.Module,
         target_layers,
         reshape_transform=None,
-        batch_size: Union[int, str] = 32,
+        batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
         num_samples: int = 35,
         std: float = 2.0,
         seed: Optional[int] = None,
@@ -75,19 +81,24 @@ class SSCAM(ScoreCAM):
             raise ValueError(f"std must be >= 0, got {std!r}")
         self.std = float(std)
         self.seed = seed
-        self._generator: Optional[torch.Generator] = None
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
-        self._generator = torch.Generator(device=input_tensor.device)
+    def fixed_chunk_size(self) -> Optional[int]:
+        fixed = super().fixed_chunk_size()
+        return SEEDED_CHUNK if fixed is None and self.seed is not None else fixed
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        generator = torch.Generator(device=device)
         if self.seed is None:
-            self._generator.seed()
+            generator.seed()
         else:
-            self._generator.manual_seed(int(self.seed))
-        return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+            generator.manual_seed(int(self.seed))
+        return generator
 
-    def perturbed_inputs(self, inputs: torch.Tensor, masks: torch.Tensor) -> LazyVariants:
+    def perturbed_inputs(
+        self, inputs: torch.Tensor, masks: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> LazyVariants:
         def make(_: int) -> torch.Tensor:
-            noise = torch.randn(masks.shape, generator=self._generator, device=masks.device, dtype=masks.dtype)
+            noise = torch.randn(masks.shape, generator=generator, device=masks.device, dtype=masks.dtype)
             return inputs * (masks + self.std * noise)
 
         return LazyVariants(self.num_samples, make)

@@ -16,7 +16,7 @@ from pytorch_cam.base_cam import BaseCAM
 _EPS = 1e-7
 
 
-class XGradCAM(BaseCAM):
+class XGradCAM(BaseCAM, name="xgradcam"):
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
         dims = tuple(range(2, grads.ndim))
         act_sum = activations.sum(dim=dims, keepdim=True)

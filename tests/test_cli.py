@@ -164,7 +164,7 @@ def test_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--method", "gradcam", "--cskip", "4"], "--cskip only applies to scorecam"),
+        (["--method", "gradcam", "--cskip", "4"], "--cskip only applies to iscam, scorecam, sscam"),
         (["--method", "gradcam", "--batch-size", "4"], "--batch-size only applies to"),
         (["--method", "scorecam", "--cskip", "0"], "cskip must keep at least one channel"),
         (["--method", "nosuchcam"], "invalid choice: 'nosuchcam'"),

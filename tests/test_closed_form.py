@@ -61,13 +61,13 @@ def minmax(m: np.ndarray) -> np.ndarray:
 def run(cam, x):
     """The final map and the channel weights the method computed (spied on the instance)."""
     seen = {}
-    original = cam.get_cam_weights
+    original = cam.layer_weights
 
     def spy(*args, **kwargs):
         seen["weights"] = original(*args, **kwargs)
         return seen["weights"]
 
-    cam.get_cam_weights = spy
+    cam.layer_weights = spy
     with cam:
         maps = cam(x, targets=[ClassifierOutputTarget(k) for k in CLASSES])
     return maps, seen.get("weights")

@@ -92,13 +92,13 @@ def test_cskip_weights_are_softmax_over_kept_channels(counted, x):
     model, layer = counted
     cam = ScoreCAM(model, [layer], cskip=4, progress=False)
     seen = {}
-    original = cam.get_cam_weights
+    original = cam.layer_weights
 
     def spy(*args):
         seen["w"] = original(*args)
         return seen["w"]
 
-    cam.get_cam_weights = spy
+    cam.layer_weights = spy
     _, s = score(model, layer, x, cskip=4)
     with cam:
         cam(x, targets=[1, 3])

@@ -88,7 +88,8 @@ def test_cam_with_target_layers_none_matches_explicit_and_caches(resnet18, caplo
             maps = cam(X64, targets=[1])
         assert "target_layers=None: using 'layer4.1' (BasicBlock) for ResNet" in caplog.text
         assert len(calls) == 2  # one dry forward, one real
-        assert cam.target_layers == [resnet18.layer4[-1]]
+        assert cam.inferred.target_layers == [resnet18.layer4[-1]]  # kept apart from what the user passed
+        assert cam.target_layers is None and cam.layers == [resnet18.layer4[-1]]
         cam(X64, targets=[1])
         assert len(calls) == 3  # cached: no second dry forward
     finally:

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from pytorch_cam import AblationCAM, GradCAM, ScoreCAM
-from pytorch_cam.ablation_cam import split_after
+from pytorch_cam.utils.fx_split import split_after
 
 X_SIZE = 32
 
@@ -76,7 +76,7 @@ def test_auto_batch_size_is_remembered_and_bounded(tiny, x):
     cam = ScoreCAM(tiny, [tiny.features[3]], progress=False)
     assert cam.batch_size == "auto"
     first = cam(x, targets=[1, 2])
-    (chosen,) = cam._auto_batch.values()
+    (chosen,) = cam.auto_batch_sizes.values()
     assert chosen in (2, 4, 8, 16, 32, 64, 128, 256)
     np.testing.assert_allclose(cam(x, targets=[1, 2]), first, rtol=1e-5, atol=1e-6)
 
@@ -92,9 +92,9 @@ class _CountingScoreCAM(ScoreCAM):
 
     scored = 0
 
-    def perturbed_inputs(self, inputs, masks):
+    def perturbed_inputs(self, inputs, masks, generator):
         type(self).scored += inputs.shape[0]
-        return super().perturbed_inputs(inputs, masks)
+        return super().perturbed_inputs(inputs, masks, generator)
 
 
 def test_duplicate_and_constant_channels_are_scored_once_with_the_same_map(x):

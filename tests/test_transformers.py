@@ -231,7 +231,8 @@ def test_parity_with_grad_cam_without_reshape_transform(models, caplog, name, ou
         maps = cam(x, targets=TARGETS)
     assert maps.shape == (2, *size)
     assert expected_log in caplog.text
-    assert cam.reshape_transform is not None  # the inferred transform is kept for later calls
+    assert cam.reshape_transform is None  # what the user passed stays as it was
+    assert cam.inferred.reshape_transforms[0] is not None  # the inferred transform is kept for later calls
     ref = theirs(model, [get_layer(model)], reshape_transform=reference)(x, targets=[PgcTarget(t) for t in TARGETS])
     assert min(pearson(maps, ref)) >= 0.99
 
@@ -244,7 +245,7 @@ def test_target_layers_none_and_explicit_transform_match_reference(models, caplo
     transform = swin_reshape_transform if "swin" in name else vit_reshape_transform
     with caplog.at_level(logging.INFO, logger="pytorch_cam"):
         default = XGradCAM(model, target_layers=None, reshape_transform=transform)
-    assert default.target_layers == [get_layer(model)]
+    assert default.target_layers is None and default.inferred.target_layers == [get_layer(model)]
     assert "target_layers=None: using" in caplog.text
     maps = default(x, targets=TARGETS)
     ref = pgc.XGradCAM(model, [get_layer(model)], reshape_transform=reference)(
@@ -328,7 +329,7 @@ def test_channels_last_detection_and_ambiguity():
     # 64x64 input -> (B, 16, 16, 8): the LayerNorm's width is the last dim only -> channels-last
     cam = GradCAM(model, [model.norm])
     assert cam(torch.randn(1, 3, 64, 64), targets=[1]).shape == (1, 64, 64)
-    assert cam.reshape_transform is swin_reshape_transform
+    assert cam.inferred.reshape_transforms[0] is swin_reshape_transform
     # 32x32 input -> (B, 8, 8, 8): cannot tell which dim holds the channels
     with pytest.raises(ValueError, match=r"\(1, 8, 8, 8\), which may be channels-last.*swin_reshape_transform"):
         GradCAM(model, [model.norm])(torch.randn(1, 3, 32, 32), targets=[1])

@@ -1,0 +1,178 @@
+"""The base of the gradient-free methods that score perturbed inputs (Score-CAM and its variants, Ablation-CAM).
+
+``PerturbationCAM`` owns what they share: ``batch_size`` (an int, or ``"auto"`` — the default for
+all of them — which times a few chunk sizes on real work and keeps the fastest), the progress
+bar, chunking (image, channel) pairs so that pairs of several images share a forward pass, the
+target score of every output row, and channel ranking (CSKIP, ``ratio_channels_to_ablate``).
+A method says how to score one chunk of pairs; the chunking does not change any map (up to float
+rounding: CPU kernels round differently at different batch sizes, ~1e-6 on the map, so pass an
+int ``batch_size`` when two runs must agree bit for bit).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from pytorch_cam.base_cam import BaseCAM
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+
+#: the batch_size every perturbation method defaults to
+DEFAULT_BATCH_SIZE = "auto"
+
+
+def check_batch_size(batch_size: Union[int, str]) -> None:
+    if batch_size == "auto":
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+
+
+def auto_candidates(device: torch.device, pixels: int) -> Tuple[int, ...]:
+    """Chunk sizes that ``batch_size="auto"`` tries for inputs of ``pixels`` spatial elements.
+
+    Small batches often win on CPUs for 224x224 inputs, large ones for small inputs; the largest
+    candidate is capped so a chunk never holds more than about 16 images of 224x224 (CPU) or 128
+    (GPU), which bounds the memory.
+    """
+    budget = (128 if device.type == "cuda" else 16) * 224 * 224
+    largest = max(2, min(256, 2 ** int(math.log2(max(1, budget // max(1, pixels))))))
+    smallest = 16 if device.type == "cuda" else 2
+    sizes = [2**i for i in range(int(math.log2(smallest)), int(math.log2(largest)) + 1)]
+    return tuple(sizes) if sizes else (largest,)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def top_channels(activations: torch.Tensor, k: int, rank: str = "max") -> torch.Tensor:
+    """Boolean (B, C) mask of each image's ``k`` highest-ranked channels (by max or std)."""
+    b, c = activations.shape[:2]
+    if k >= c:
+        return torch.ones(b, c, dtype=torch.bool, device=activations.device)
+    flat = activations.reshape(b, c, -1)
+    if rank == "max":
+        key = flat.amax(dim=-1)
+    elif rank == "std":
+        key = flat.float().std(dim=-1)
+    else:
+        raise ValueError(f"cskip_rank must be 'max' or 'std', got {rank!r}")
+    keep = torch.zeros(b, c, dtype=torch.bool, device=activations.device)
+    keep.scatter_(1, key.topk(k, dim=1).indices, True)
+    return keep
+
+
+def score_rows(outputs: Any, targets: Sequence, image_index: torch.Tensor) -> torch.Tensor:
+    """Target score of each output row; row j belongs to image ``image_index[j]``."""
+    if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs):
+        for t in targets:
+            t(outputs[0])  # range check, raises a clear IndexError
+        cats = torch.tensor([t.category for t in targets], device=outputs.device)
+        return outputs.gather(1, cats[image_index][:, None])[:, 0]
+    rows = image_index.tolist()
+    return torch.stack([torch.as_tensor(targets[b](outputs[j])).reshape(()) for j, b in enumerate(rows)])
+
+
+class PerturbationCAM(BaseCAM):
+    """Base of the methods whose channel weights come from scoring perturbed inputs.
+
+    Args (besides ``BaseCAM``'s):
+        batch_size: (image, channel) pairs scored per forward pass; ``"auto"`` (the default)
+            measures a few sizes on the first chunks and keeps the fastest for this CAM object.
+        progress: show a tqdm bar while scoring.
+    """
+
+    uses_gradients = False
+    batched = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
+        progress: bool = True,
+        device: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform=reshape_transform, device=device, **kwargs)
+        check_batch_size(batch_size)
+        self.batch_size = batch_size
+        self.progress = progress
+        #: chunk size chosen by batch_size="auto", per kind of work (see ``pair_chunks``)
+        self.auto_batch_sizes: Dict[Any, int] = {}
+
+    score_rows = staticmethod(score_rows)
+
+    def fixed_chunk_size(self) -> Optional[int]:
+        """The chunk size to use without timing (None: let ``"auto"`` measure). Override to pin it."""
+        check_batch_size(self.batch_size)
+        return None if self.batch_size == "auto" else int(self.batch_size)
+
+    def pair_chunks(
+        self, keep: torch.Tensor, key: Any, pixels: int = 224 * 224
+    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Chunks of (image, channel) index pairs where ``keep`` (B, C) is True.
+
+        Pairs of different images share a chunk, so a batch of images is scored together and
+        every forward pass is full. With ``"auto"`` the first chunks probe a few sizes
+        (``auto_candidates``, after one warm-up chunk): the time between handing out a chunk and
+        being asked for the next one is what the caller spent on it, so each size is measured on
+        real work, nothing is thrown away, and the fastest size is used for the rest and
+        remembered in ``auto_batch_sizes[key]``.
+        """
+        b_idx, c_idx = keep.nonzero(as_tuple=True)
+        total = b_idx.numel()
+        fixed = self.fixed_chunk_size()
+        if fixed is None:
+            fixed = self.auto_batch_sizes.get(key)
+        bar = self._progress_bar(total)
+        start = 0
+        try:
+            if fixed is None:
+                candidates = list(auto_candidates(keep.device, pixels))
+                # Probe only sizes the work can fill, so a small call still settles on a size.
+                while len(candidates) > 1 and min(candidates) + sum(candidates) > total:
+                    candidates.pop()
+                plan = [min(candidates)] + list(candidates)  # the first chunk only warms up
+                per_pair: Dict[int, float] = {}
+                for i, size in enumerate(plan):
+                    if start >= total:
+                        break
+                    _sync(keep.device)
+                    t0 = time.perf_counter()
+                    stop = min(start + size, total)
+                    yield b_idx[start:stop], c_idx[start:stop]
+                    _sync(keep.device)
+                    if i > 0 and stop - start == size:
+                        per_pair[size] = (time.perf_counter() - t0) / size
+                    if bar is not None:
+                        bar.update(stop - start)
+                    start = stop
+                if per_pair and len(per_pair) == len(candidates):
+                    fixed = min(per_pair, key=per_pair.__getitem__)
+                    self.auto_batch_sizes[key] = fixed
+                else:
+                    fixed = min(per_pair, key=per_pair.__getitem__) if per_pair else max(candidates)
+            while start < total:
+                stop = min(start + fixed, total)
+                yield b_idx[start:stop], c_idx[start:stop]
+                if bar is not None:
+                    bar.update(stop - start)
+                start = stop
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _progress_bar(self, total: int) -> Any:
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=type(self).__name__, leave=False)

@@ -1,0 +1,90 @@
+"""Splitting a model at a layer with torch.fx: the network after the layer as its own module.
+
+Used by Ablation-CAM to run only the tail of the network for every ablated copy of the layer's
+output. ``split_after`` raises (with the reason) when the model cannot be split there.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import fx, nn
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces the model but keeps the target layer as one opaque call."""
+
+    def __init__(self, leaf: nn.Module) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is self.leaf or super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class TailSplit:
+    """The network after a target layer: ``tail(layer_output, *crossing)`` gives the model output.
+
+    ``head(x)`` returns the ``crossing`` values (computed before the layer, used after it); it is
+    None when there are none.
+    """
+
+    tail: fx.GraphModule
+    head: Optional[fx.GraphModule]
+    verified: bool = False
+
+    def crossing(self, x: torch.Tensor) -> List[Any]:
+        if self.head is None:
+            return []
+        return list(self.head(x))
+
+
+def split_after(model: nn.Module, layer: nn.Module) -> TailSplit:
+    """Split ``model`` at ``layer`` with torch.fx; raises (with the reason) when it cannot."""
+    tracer = _LeafTracer(layer)
+    graph = tracer.trace(model)
+    root = fx.GraphModule(tracer.root, graph)
+    name = next(n for n, m in model.named_modules() if m is layer)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
+    if len(calls) != 1:
+        raise RuntimeError(f"the target layer is called {len(calls)} times in the traced graph")
+    target = calls[0]
+    if any(u.op == "call_function" and u.target is operator.getitem for u in target.users):
+        raise RuntimeError("the target layer returns a tuple or list")
+    nodes = list(graph.nodes)
+    pos = nodes.index(target)
+    before, after = nodes[:pos], nodes[pos + 1 :]
+    before_set = set(before)
+    crossing: List[fx.Node] = []
+    for n in after:
+        for a in n.all_input_nodes:
+            if a in before_set and a.op != "get_attr" and a not in crossing:
+                crossing.append(a)
+
+    tail = fx.Graph()
+    env: Dict[fx.Node, fx.Node] = {target: tail.placeholder("layer_output")}
+    for i, n in enumerate(crossing):
+        env[n] = tail.placeholder(f"crossing_{i}")
+    for n in before:  # parameters and buffers used after the layer
+        if n.op == "get_attr" and any(u in after for u in n.users):
+            env[n] = tail.node_copy(n, lambda a: env[a])
+    for n in after:
+        env[n] = tail.node_copy(n, lambda a: env[a])
+    tail.lint()
+
+    head_gm = None
+    if crossing:
+        head = fx.Graph()
+        henv: Dict[fx.Node, fx.Node] = {}
+        for n in before:
+            henv[n] = head.node_copy(n, lambda a: henv[a])
+        head.output(tuple(henv[n] for n in crossing))
+        head_gm = fx.GraphModule(root, head)
+        head_gm.graph.eliminate_dead_code()
+        head_gm.graph.lint()
+        head_gm.recompile()
+    return TailSplit(tail=fx.GraphModule(root, tail), head=head_gm)
