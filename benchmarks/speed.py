@@ -10,7 +10,10 @@ measured: the run was stopped after a fraction (``--fraction``) of its masked/ab
 passes and the rest was extrapolated at the measured per-image rate (these methods do the same
 work for every channel, so their time is linear in the number of channels scored).
 
-Floors: gradient methods and EigenCAM = one plain forward pass of the batch (inference mode);
+Floors: gradient methods, EigenCAM and the other single-pass methods (ShapleyCAM, KPCA-CAM, FEM,
+FinerCAM, RefineCAM, SegEigenCAM; Sobel-CAM, which runs no model, too) = one plain forward pass of
+the batch (inference mode); SESS = one per-image forward per patch (window) it explains;
+multi-layer AblationCAM = B*C per-image forwards (every ablated copy runs the whole network);
 ScoreCAM = P x (best per-image forward time over batch sizes 1..32), where P is the number of
 (image, channel) pairs whose mask is not constant (constant masks are all the same input and
 need one forward in all); CSKIP-K = min(K, P per image) pairs per image on the same scale;
@@ -26,6 +29,7 @@ The peers are benchmark-only dependencies (grad-cam==1.5.7, torchcam==0.5.0).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -41,6 +45,19 @@ import torchvision
 from torch import nn
 
 METHODS = ["gradcam", "gradcam++", "xgradcam", "eigencam", "scorecam", "scorecam+cskip16", "ablationcam"]
+# The methods added after the first release: timed with their own floors (see ``floor_of``).
+NEW_METHODS = [
+    "shapleycam",
+    "kpcacam",
+    "fem",
+    "finercam",
+    "refinecam",
+    "segeigencam",
+    "sess",
+    "sobelcam",
+    "ablationcam_multilayer",
+]
+ALL_METHODS = METHODS + NEW_METHODS
 SLOW = {"scorecam", "ablationcam"}  # gradient-free methods whose peers run the whole network per channel
 TARGET_CLASS = 281
 
@@ -151,6 +168,16 @@ def per_image_forward(model: nn.Module, shape: Tuple[int, ...], sizes=(1, 4, 8, 
     return best
 
 
+def sess_patches(size: int, num_scales: int = 12, step_ratio: float = 2 / 7) -> int:
+    """Windows SESS explains on a square input of ``size`` with its default scales and stride."""
+    step = int(round(size * step_ratio))
+    total = 0
+    for scale in (size + step * i for i in range(num_scales)):
+        starts = len(range(0, scale - size, size)) + 1  # the last window is shifted back inside
+        total += starts * starts
+    return total
+
+
 # ---------------------------------------------------------------------------------------------- runners
 def ours_runner(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     from pytorch_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
@@ -165,9 +192,24 @@ def ours_runner(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor
         cam = ScoreCAM(model, [layer], cskip=16, progress=False)
     elif method == "ablationcam":
         cam = AblationCAM(model, [layer], progress=False)
+    elif method in NEW_METHODS:
+        from pytorch_cam.methods import METHODS as REGISTRY
+
+        cls = REGISTRY[method]
+        kwargs = {"progress": False} if "progress" in inspect.signature(cls.__init__).parameters else {}
+        cam = cls(model, new_method_layers(method, model, layer), **kwargs)
     else:
         raise ValueError(method)
     return lambda: cam(x, targets=targets)
+
+
+def new_method_layers(method: str, model: nn.Module, layer: nn.Module) -> List[nn.Module]:
+    """RefineCAM and multi-layer AblationCAM exist to combine layers: give them two, else the usual one."""
+    if method == "refinecam":
+        return [model.layer3[-1], layer]
+    if method == "ablationcam_multilayer":
+        return [model.layer4[0], layer]  # both 512 (resnet18) / 2048 (resnet50) channels
+    return [layer]
 
 
 def gradcam_lib_runner(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Optional[Callable]:
@@ -181,10 +223,24 @@ def gradcam_lib_runner(method: str, model: nn.Module, layer: nn.Module, x: torch
         "eigencam": pgc.EigenCAM,
         "scorecam": pgc.ScoreCAM,
         "ablationcam": pgc.AblationCAM,
+        # grad-cam 1.5.7's multi-layer AblationCAM raises TypeError on every call: no column for it.
+        "shapleycam": pgc.ShapleyCAM,
+        "kpcacam": pgc.KPCA_CAM,
+        "fem": pgc.FEM,
+        "finercam": pgc.FinerCAM,
+        "refinecam": pgc.RefineCAM,
+        "segeigencam": pgc.SegEigenCAM,
+        "sess": pgc.SESS,
     }.get(method)
+    if method == "sobelcam":
+        from pytorch_grad_cam.sobel_cam import sobel_cam
+
+        rgb = (x[0].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
+        return lambda: [sobel_cam(rgb) for _ in range(x.shape[0])]
     if cls is None:
         return None
-    cam = cls(model=model, target_layers=[layer])
+    layers = new_method_layers(method, model, layer) if method in NEW_METHODS else [layer]
+    cam = cls(model=model, target_layers=layers)
     targets = [ClassifierOutputTarget(TARGET_CLASS)] * x.shape[0]
 
     def run() -> Any:
@@ -193,7 +249,8 @@ def gradcam_lib_runner(method: str, model: nn.Module, layer: nn.Module, x: torch
         with _quiet_tqdm(tqdm):
             return cam(input_tensor=x, targets=targets)
 
-    run.release = cam.activations_and_grads.release  # type: ignore[attr-defined]
+    inner = getattr(cam, "base_cam", None) or getattr(cam, "base_cam_per_layer", [None])[0] or cam
+    run.release = inner.activations_and_grads.release  # type: ignore[attr-defined]
     return run
 
 
@@ -361,7 +418,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=ALL_METHODS, help="default: the original seven")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument(
         "--devices", nargs="+", default=None, help="devices to time on (default: cpu, plus cuda when available)"
@@ -444,6 +501,14 @@ def speed_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace, devi
                     # the one full forward that yields the activations and the unablated scores is
                     # unavoidable too; next to a cheap tail (layer4 -> avgpool -> fc) it dominates
                     floor = fwd + ablated
+                elif method == "sess":
+                    if per_img is None:
+                        per_img = per_image_forward(model, shape)
+                    floor = b * sess_patches(args.size) * per_img
+                elif method == "ablationcam_multilayer":
+                    if per_img is None:
+                        per_img = per_image_forward(model, shape)
+                    floor = b * c * per_img
                 else:
                     floor = fwd
                 cells: Dict[str, Tuple[Optional[float], bool]] = {}
