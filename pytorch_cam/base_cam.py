@@ -29,6 +29,7 @@ from pytorch_cam.utils.find_layers import (
     guess_channels_last,
     known_num_prefix_tokens,
 )
+from pytorch_cam.utils.model_state import eval_mode
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_cam.utils.reshape_transforms import (
     accepts_input_size,
@@ -369,16 +370,8 @@ class BaseCAM(Registered):
                 raise TypeError(f"a target must be a class index or a callable(model_output) -> scalar, got {t!r}")
         return resolved
 
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Evaluate in eval mode and restore every module's own training flag afterwards."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for m, training in modes:
-                m.training = training
+    def _eval_mode(self) -> Any:
+        return eval_mode(self.model)
 
     @contextmanager
     def _capture(self, need_grads: bool) -> Iterator[dict]:

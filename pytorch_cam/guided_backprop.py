@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from pytorch_cam.base_cam import model_device, resolve_device
+from pytorch_cam.utils.model_state import eval_mode
 
 logger = logging.getLogger("pytorch_cam")
 
@@ -88,7 +89,7 @@ class GuidedBackpropReLUModel:
                 "GuidedBackpropReLUModel: the model has no nn.ReLU modules (functional relus "
                 "cannot be hooked), so the result is the plain input gradient"
             )
-        with self._eval_mode(), torch.enable_grad(), self._guided(relus):
+        with eval_mode(self.model), torch.enable_grad(), self._guided(relus):
             x = x.requires_grad_(True)
             outputs = self.forward(x)
             if not torch.is_tensor(outputs) or outputs.ndim != 2:
@@ -137,16 +138,6 @@ class GuidedBackpropReLUModel:
                 f"target_category {bad[0]} is outside the model output, which has {n} classes (valid: 0..{n - 1})"
             )
         return torch.tensor(cats, device=outputs.device)
-
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for m, training in modes:
-                m.training = training
 
     @staticmethod
     @contextmanager

@@ -21,14 +21,19 @@ def test_every_method_is_registered_exported_and_named_by_its_class():
     for name, cls in METHODS.items():
         assert cls.cli_name == name
         assert getattr(pytorch_cam, cls.__name__) is cls and cls.__name__ in pytorch_cam.__all__
-    assert BATCHED == {n for n, c in METHODS.items() if issubclass(c, PerturbationCAM)}
-    assert {"scorecam", "sscam", "iscam", "ablationcam"} <= BATCHED
+    assert BATCHED == {n for n, c in METHODS.items() if c.batched}
+    # Every perturbation method is batched; so is SESS, a wrapper that explains patches in batches.
+    assert {n for n, c in METHODS.items() if issubclass(c, PerturbationCAM)} <= BATCHED
+    assert {"scorecam", "sscam", "iscam", "ablationcam", "sess"} <= BATCHED
 
 
 def test_perturbation_methods_share_one_batch_size_default():
     defaults = {
-        n: inspect.signature(c.__init__).parameters["batch_size"].default for n, c in METHODS.items() if n in BATCHED
+        n: inspect.signature(c.__init__).parameters["batch_size"].default
+        for n, c in METHODS.items()
+        if issubclass(c, PerturbationCAM)
     }
+    assert len(defaults) >= 4
     assert set(defaults.values()) == {"auto"}, defaults
     # Gradient methods have no batching at all.
     assert "batch_size" not in inspect.signature(BaseCAM.__init__).parameters

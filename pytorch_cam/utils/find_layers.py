@@ -23,6 +23,8 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Type, Un
 import torch
 from torch import nn
 
+from pytorch_cam.utils.model_state import eval_mode
+
 logger = logging.getLogger("pytorch_cam")
 
 __all__ = [
@@ -192,13 +194,8 @@ def find_default_target_layers(model: nn.Module, input_tensor: Optional[torch.Te
                 f"{type(model).__name__} is not a known transformer family, so finding its default target "
                 "layer needs a forward pass: pass input_tensor (one image is enough), or target_layers explicitly"
             )
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with eval_mode(model):
             layers = [find_spatial_target_layer(model, input_tensor)]
-        finally:
-            for m, training in modes:
-                m.training = training
         how = "the last spatial layer before global pooling"
     logger.info(
         "target_layers=None: using %s for %s: %s",

@@ -2,24 +2,54 @@
 
 Used by Ablation-CAM to run only the tail of the network for every ablated copy of the layer's
 output. ``split_after`` raises (with the reason) when the model cannot be split there.
+
+Thread safety: ``torch.fx.Tracer.trace`` patches ``nn.Module.__call__`` and ``__getattr__`` for the
+whole process while it traces. Our tracer lets every call from another thread through untouched
+(plain module call, plain attribute), and our traces run one at a time (``_TRACE_LOCK``): two
+overlapping patchers would otherwise restore each other's wrappers in the wrong order.
+Generated source that fx registers in ``linecache`` is dropped when the split is garbage collected.
 """
 
 from __future__ import annotations
 
+import linecache
 import operator
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch import fx, nn
 
+_TRACE_LOCK = threading.Lock()
+
 
 class _LeafTracer(fx.Tracer):
-    """Traces the model but keeps the target layer as one opaque call."""
+    """Traces the model but keeps the target layer as one opaque call; other threads pass through."""
 
     def __init__(self, leaf: nn.Module) -> None:
         super().__init__()
         self.leaf = leaf
+        self._owner: Optional[int] = None
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        with _TRACE_LOCK:
+            self._owner = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._owner = None
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if threading.get_ident() != self._owner:
+            return forward(*args, **kwargs)  # another thread's model call during our trace: run it as usual
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: Dict[str, Any]) -> Any:
+        if threading.get_ident() != self._owner:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return m is self.leaf or super().is_leaf_module(m, module_qualified_name)
@@ -47,7 +77,7 @@ def split_after(model: nn.Module, layer: nn.Module) -> TailSplit:
     """Split ``model`` at ``layer`` with torch.fx; raises (with the reason) when it cannot."""
     tracer = _LeafTracer(layer)
     graph = tracer.trace(model)
-    root = fx.GraphModule(tracer.root, graph)
+    root = _tracked(fx.GraphModule(tracer.root, graph))
     name = next(n for n, m in model.named_modules() if m is layer)
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
     if len(calls) != 1:
@@ -83,8 +113,25 @@ def split_after(model: nn.Module, layer: nn.Module) -> TailSplit:
         for n in before:
             henv[n] = head.node_copy(n, lambda a: henv[a])
         head.output(tuple(henv[n] for n in crossing))
-        head_gm = fx.GraphModule(root, head)
+        head_gm = _tracked(fx.GraphModule(root, head))
         head_gm.graph.eliminate_dead_code()
         head_gm.graph.lint()
         head_gm.recompile()
-    return TailSplit(tail=fx.GraphModule(root, tail), head=head_gm)
+        _tracked(head_gm)
+    return TailSplit(tail=_tracked(fx.GraphModule(root, tail)), head=head_gm)
+
+
+def _tracked(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop the source fx generated for ``gm``'s current code once ``gm`` is garbage collected."""
+    weakref.finalize(gm, _forget_source, type(gm).forward.__code__.co_filename)
+    return gm
+
+
+def _forget_source(key: str) -> None:
+    """Drop the generated source fx cached for a GraphModule (``linecache`` and fx's own loader)."""
+    linecache.cache.pop(key, None)
+    try:
+        from torch.fx.graph_module import _loader
+    except ImportError:  # a torch without the private loader: nothing more to drop
+        return
+    getattr(_loader, "eval_cache", {}).pop(key, None)
