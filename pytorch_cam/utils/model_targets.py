@@ -19,6 +19,7 @@ __all__ = [
     "ClassifierOutputReST",
     "FasterRCNNBoxScoreTarget",
     "SimilarityToConceptTarget",
+    "FinerWeightedTarget",
 ]
 
 
@@ -174,3 +175,50 @@ class SimilarityToConceptTarget:
                 "pass a concept computed by the same model"
             )
         return torch.nn.functional.cosine_similarity(out, concept, dim=0)
+
+
+class FinerWeightedTarget:
+    """Finer-CAM's contrastive score: the main class against the classes it is confused with.
+
+    Each comparison class k is weighted by its softmax probability p_k, so likelier confusions
+    count more (pytorch-grad-cam's definition; the weights are part of the graph, not constants):
+
+        score = sum_k p_k (y_main - alpha * y_k) / (sum_k p_k + 1e-9)
+
+    which is ``y_main - alpha * (probability-weighted mean of the y_k)``. ``alpha = 0`` is the plain
+    logit of ``main_category``; with no comparison classes the score is ``y_main`` too. Works on
+    one output row (C,) or on a batch (..., C), returning a scalar or one score per row.
+    Zhang et al., "Finer-CAM", CVPR 2025, https://arxiv.org/abs/2501.11309.
+    """
+
+    def __init__(self, main_category: int, comparison_categories: Sequence[int], alpha: float = 1.0) -> None:
+        if isinstance(main_category, bool) or not isinstance(main_category, (int, np.integer)):
+            raise TypeError(f"main_category must be an int class index, got {main_category!r}")
+        if isinstance(comparison_categories, (int, np.integer)):
+            raise TypeError(
+                "comparison_categories must be a sequence of class indices, e.g. [12, 57], "
+                f"got the single int {comparison_categories!r}"
+            )
+        comparisons = list(comparison_categories)
+        for c in comparisons:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+                raise TypeError(f"comparison_categories must hold int class indices, got {c!r}")
+        self.main_category = int(main_category)
+        self.comparison_categories = [int(c) for c in comparisons]
+        self.alpha = float(alpha)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        _check_category(self.main_category, model_output)
+        main = model_output[..., self.main_category]
+        if not self.comparison_categories:
+            return main
+        for c in self.comparison_categories:
+            _check_category(c, model_output)
+        index = torch.tensor(self.comparison_categories, device=model_output.device)
+        others = model_output.index_select(-1, index)
+        weights = torch.softmax(model_output, dim=-1).index_select(-1, index)
+        # The small constant keeps the score finite when every p_k underflows to 0.
+        return (weights * (main[..., None] - self.alpha * others)).sum(dim=-1) / (weights.sum(dim=-1) + 1e-9)
+
+    def __repr__(self) -> str:
+        return f"FinerWeightedTarget({self.main_category}, {self.comparison_categories}, alpha={self.alpha})"
