@@ -74,7 +74,10 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
     def run_with_layer_output(self, layer: nn.Module, input_rows: torch.Tensor, new_output: torch.Tensor) -> Any:
         """Model outputs when ``layer`` produces ``new_output`` instead of its own result."""
 
+        ran = []
+
         def replace(module: nn.Module, inputs: Any, output: Any) -> Any:
+            ran.append(True)
             if isinstance(output, tuple):
                 return (new_output, *output[1:])
             if isinstance(output, list):
@@ -83,9 +86,17 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
 
         handle = layer.register_forward_hook(replace)
         try:
-            return self.model(input_rows)
+            outputs = self.model(input_rows)
         finally:
             handle.remove()
+        if not ran:
+            # Without this check every ablated score equals the original one and the map is noise.
+            raise RuntimeError(
+                f"AblationCAM could not ablate target layer {type(layer).__name__}: the model's forward ran without "
+                "calling the layer's hooks (a compiled or scripted model ignores hooks added after compilation); "
+                "pass the uncompiled model, e.g. compiled._orig_mod"
+            )
+        return outputs
 
     def tail_split(self, layer: nn.Module) -> Optional[TailSplit]:
         """The cached fx split of the model after ``layer``, or None when it cannot be split."""
@@ -111,18 +122,35 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         if split is not None:
             crossing = split.crossing(input_tensor)
             n = input_tensor.shape[0]
-            if any(torch.is_tensor(v) and (v.ndim == 0 or v.shape[0] not in (1, n)) for v in crossing):
+            # A tensor not batched per image cannot be split into rows; a plain int equal to the batch size is
+            # most likely x.shape[0] baked into the tail (timm's Swin reshapes with it).
+            if any(
+                (torch.is_tensor(v) and (v.ndim == 0 or v.shape[0] not in (1, n))) or (type(v) is int and v == n)
+                for v in crossing
+            ):
                 split = None
                 logger.debug(
                     "AblationCAM: a value crossing %s is not batched per image; falling back to the forward-hook path",
                     type(layer).__name__,
                 )
         if split is not None and not split.verified:
-            # Check once that the tail reproduces the model's own target scores.
-            rows = torch.arange(input_tensor.shape[0], device=input_tensor.device)
-            got = self.score_rows(split.tail(raw, *crossing), targets, rows)
-            want = ctx.target_scores.to(got.device, got.dtype)
-            if torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6):
+            # Check once that the tail reproduces the model's own target scores, on one row more than
+            # the batch: a trace that baked the batch size in (e.g. a view to a constant shape) fails here.
+            rows = torch.cat([torch.arange(n, device=input_tensor.device), torch.zeros(1, dtype=torch.long)])
+            crossing_rows = [
+                v[rows] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n > 1 else v for v in crossing
+            ]
+            try:
+                got = self.score_rows(split.tail(raw[rows], *crossing_rows), targets, rows)
+            except Exception as exc:  # the tail cannot run other batch sizes: use the hook path
+                logger.debug(
+                    "AblationCAM: the torch.fx tail failed on a new batch size (%s: %s)", type(exc).__name__, exc
+                )
+                got = None
+            want = ctx.target_scores[rows.cpu()].to(input_tensor.device)
+            if got is not None and torch.allclose(
+                got, want.to(got.dtype), rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6
+            ):
                 split.verified = True
             else:
                 logger.debug(

@@ -13,6 +13,7 @@ as a numpy array of shape (B, H, W) (or (B, D, H, W) for volumes) with values in
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -29,7 +30,7 @@ from pytorch_cam.utils.find_layers import (
     guess_channels_last,
     known_num_prefix_tokens,
 )
-from pytorch_cam.utils.model_state import eval_mode
+from pytorch_cam.utils.model_state import eager_model, eval_mode
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_cam.utils.reshape_transforms import (
     accepts_input_size,
@@ -132,6 +133,37 @@ def first_principal_component(x: torch.Tensor) -> torch.Tensor:
     return proj.reshape(b, *spatial).to(x.dtype)
 
 
+def warn_if_all_zero(cam: torch.Tensor, method: str) -> None:
+    """Log a warning naming the images whose map is all zero: an empty map is rarely what the user wants."""
+    zero = cam.reshape(cam.shape[0], -1).amax(dim=1) <= 0
+    if bool(zero.any()):
+        logger.warning(
+            "%s returned an all-zero map for image(s) %s of the batch: no position has positive evidence for "
+            "the target (a constant or 1x1 layer, a target the layer does not influence, or a model whose head "
+            "gives the same score everywhere, e.g. random or zero-initialised weights)",
+            method,
+            zero.nonzero().flatten().tolist(),
+        )
+
+
+def target_score(target: Callable[[Any], Any], output_row: Any) -> torch.Tensor:
+    """``target(output_row)`` checked to be a scalar tensor (computed from the output, so gradients flow)."""
+    value = target(output_row)
+    if not torch.is_tensor(value):
+        raise TypeError(
+            f"target {target!r} returned {type(value).__name__} {value!r}, not a tensor; a target must return a "
+            "scalar tensor computed from the model output it is given (e.g. model_output[281]), so that the "
+            "score carries gradients (a Python number is a copy that has lost them)"
+        )
+    if value.numel() != 1:
+        raise ValueError(
+            f"target {target!r} returned a tensor of shape {tuple(value.shape)}, not a scalar; a target must "
+            "reduce the model output of one image to one score, e.g. model_output[class_index] or "
+            "(model_output[class_index] * mask).sum() for a segmentation map"
+        )
+    return value.reshape(())
+
+
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -151,7 +183,9 @@ def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> 
             f"device={str(device)!r} was requested but CUDA is not available on this machine "
             "(torch.cuda.is_available() is False); use device='cpu' or drop --use-cuda"
         )
-    if want.type != actual.type or (want.index is not None and want.index != actual.index):
+    # The CPU is one device whatever its index: 'cpu:0' and torch.device('cpu', 0) name the model's device too.
+    index_differs = want.type != "cpu" and want.index is not None and want.index != actual.index
+    if want.type != actual.type or index_differs:
         raise ValueError(
             f"device={str(device)!r} but the model's parameters are on {actual}; move the model "
             f"first with model.to({str(device)!r})"
@@ -198,6 +232,14 @@ class BaseCAM(Registered):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        eager = eager_model(model)
+        if eager is not model:
+            logger.info(
+                "%s: the model is compiled (torch.compile); explaining its original module eagerly, since compiled "
+                "code ignores the hooks a CAM needs. The maps are those of the same function and weights",
+                type(self).__name__,
+            )
+        model = eager
         self.model = model
         self.inferred = Inferred()
         if isinstance(target_layers, nn.Module):
@@ -295,6 +337,7 @@ class BaseCAM(Registered):
             cam = self._forward_augmented(x, targets, eigen_smooth)
         else:
             cam = self.forward_tensor(x, targets, eigen_smooth)
+        warn_if_all_zero(cam, type(self).__name__)
         return cam.detach().float().cpu().numpy()
 
     def ensure_layers(self, x: torch.Tensor) -> List[nn.Module]:
@@ -332,6 +375,23 @@ class BaseCAM(Registered):
                 f"input_tensor must be a floating point tensor, got {input_tensor.dtype}; "
                 "normalise images with pytorch_cam.utils.image.preprocess_image"
             )
+        if input_tensor.shape[0] == 0:
+            raise ValueError(
+                f"input_tensor holds no images (shape {tuple(input_tensor.shape)}); pass a batch of at least one "
+                "image, e.g. preprocess_image(rgb) of shape (1, 3, H, W)"
+            )
+        param_dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        if param_dtype is not None and param_dtype != input_tensor.dtype:
+            raise TypeError(
+                f"input_tensor is {input_tensor.dtype} but the model's parameters are {param_dtype}; convert one "
+                f"to the other, e.g. input_tensor.to({param_dtype}) (or model.float() for a float32 input)"
+            )
+        if self.uses_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} was called inside torch.inference_mode(), which disables autograd for "
+                "good; gradient methods need it: call the CAM outside the inference_mode block (a CAM call "
+                "never trains the model), or use a gradient-free method such as EigenCAM or ScoreCAM"
+            )
         x = input_tensor.detach().to(self.device)
         finite = torch.isfinite(x)
         if not bool(finite.all()):
@@ -352,6 +412,13 @@ class BaseCAM(Registered):
                     "SemanticSegmentationTarget for segmentation"
                 )
             return [ClassifierOutputTarget(c) for c in outputs.argmax(dim=-1).tolist()]
+        if torch.is_tensor(targets):
+            if targets.ndim != 1 or targets.is_floating_point() or targets.is_complex():
+                raise TypeError(
+                    f"targets given as a tensor must be a 1-D tensor of class indices, one per image; got a "
+                    f"{targets.dtype} tensor of shape {tuple(targets.shape)}"
+                )
+            targets = targets.tolist()
         if isinstance(targets, (int, np.integer)) or callable(targets):
             raise TypeError("targets must be a list with one target per image, e.g. [ClassifierOutputTarget(281)]")
         targets = list(targets)
@@ -362,6 +429,8 @@ class BaseCAM(Registered):
             )
         resolved = []
         for t in targets:
+            if torch.is_tensor(t) and t.numel() == 1 and not (t.is_floating_point() or t.dtype == torch.bool):
+                t = int(t.item())
             if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
                 resolved.append(ClassifierOutputTarget(int(t)))
             elif callable(t):
@@ -377,10 +446,12 @@ class BaseCAM(Registered):
     def _capture(self, need_grads: bool) -> Iterator[dict]:
         """Forward hooks on the target layers for the duration of one forward pass."""
         store: dict = {}
+        calls: Dict[int, int] = {}
         handles = []
 
         def make_hook(index: int, layer: nn.Module):
             def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+                calls[index] = calls.get(index, 0) + 1
                 tensor = output[0] if isinstance(output, (tuple, list)) else output
                 if not torch.is_tensor(tensor):
                     raise TypeError(
@@ -413,6 +484,14 @@ class BaseCAM(Registered):
         finally:
             for h in handles:
                 h.remove()
+        for index, n in calls.items():
+            if n > 1:
+                logger.warning(
+                    "target layer %s ran %d times in one forward pass (a module reused in the model); its last "
+                    "call is explained. To explain another call, pass a module that only runs there",
+                    self._layer_name(index),
+                    n,
+                )
 
     def _layer_name(self, index: int) -> str:
         layer = self.layers[index]
@@ -463,7 +542,7 @@ class BaseCAM(Registered):
         resolved = self._resolve_targets(targets, outputs, x.shape[0])
         call = CallState(input_tensor=x, outputs=outputs, targets=resolved)
         with grad_ctx:
-            scores = torch.stack([torch.as_tensor(t(o)).reshape(()) for t, o in zip(resolved, outputs)])
+            scores = torch.stack([target_score(t, o) for t, o in zip(resolved, outputs)])
             total = scores.sum()  # inside grad_ctx: callers may hold no_grad (extra passes from a method)
         call.target_scores = scores.detach()
         keep_graph = need_grads and self.create_graph
@@ -515,6 +594,13 @@ class BaseCAM(Registered):
         acts = reshape(raw, "activations")
         raw_grads = call.raw_gradients.get(index)
         grads = reshape(raw_grads, "gradients") if raw_grads is not None else None
+        if math.prod(acts.shape[2:]) == 1:
+            logger.warning(
+                "target layer %s has a 1x1 spatial output %s: its map has one value per image and so scales to "
+                "all zeros; choose an earlier layer with a spatial map (e.g. before global pooling)",
+                self._layer_name(index),
+                tuple(acts.shape),
+            )
         if not bool(torch.isfinite(acts).all()):
             raise RuntimeError(
                 f"target layer {self._layer_name(index)} produced NaN/Inf activations for a finite "

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM
+from pytorch_cam.base_cam import BaseCAM, target_score
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 
 #: the batch_size every perturbation method defaults to
@@ -70,13 +70,14 @@ def top_channels(activations: torch.Tensor, k: int, rank: str = "max") -> torch.
 
 def score_rows(outputs: Any, targets: Sequence, image_index: torch.Tensor) -> torch.Tensor:
     """Target score of each output row; row j belongs to image ``image_index[j]``."""
-    if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs):
+    if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs) and outputs.ndim == 2:
         for t in targets:
             t(outputs[0])  # range check, raises a clear IndexError
-        cats = torch.tensor([t.category for t in targets], device=outputs.device)
+        # Python's negative indexing, as ClassifierOutputTarget itself applies it.
+        cats = torch.tensor([t.category for t in targets], device=outputs.device) % outputs.shape[1]
         return outputs.gather(1, cats[image_index][:, None])[:, 0]
     rows = image_index.tolist()
-    return torch.stack([torch.as_tensor(targets[b](outputs[j])).reshape(()) for j, b in enumerate(rows)])
+    return torch.stack([target_score(targets[b], outputs[j]) for j, b in enumerate(rows)])
 
 
 class PerturbationCAM(BaseCAM):

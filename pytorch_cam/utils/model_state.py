@@ -39,3 +39,32 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         finally:
             for m, training in modes:
                 m.training = training
+
+
+class _EagerCall(nn.Module):
+    """Runs a module that was compiled in place (``module.compile()``) through its eager forward.
+
+    A compiled call ignores hooks added after compilation; the eager path honours them.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        return self.module._call_impl(*args, **kwargs)
+
+
+def eager_model(model: nn.Module) -> nn.Module:
+    """The module to explain for ``model``: the original of a ``torch.compile``d model, else ``model``.
+
+    Compiled code ignores forward hooks registered after compilation, so explaining it directly would
+    capture nothing (or, with a fallback, give a wrong map). The original module shares the
+    parameters, and running it eagerly gives the compiled model's function.
+    """
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return original
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        return _EagerCall(model)
+    return model

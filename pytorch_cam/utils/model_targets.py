@@ -68,6 +68,12 @@ class BinaryClassifierOutputTarget:
         self.category = int(category)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(model_output) and model_output.numel() != 1:
+            raise ValueError(
+                f"BinaryClassifierOutputTarget needs a model with one output logit per image, but this output "
+                f"row has shape {tuple(model_output.shape)}; for a multi-class model use "
+                "ClassifierOutputTarget(class_index) instead"
+            )
         sign = 1.0 if self.category == 1 else -1.0
         return (model_output * sign).sum()
 
