@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -11,23 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytorch_cam.base_cam import model_device, resize_maps
+from pytorch_cam.utils.model_state import eval_mode  # noqa: F401  (the metrics modules import it from here)
 
 MapsLike = Union[torch.Tensor, np.ndarray]
 TargetsLike = Union[None, torch.Tensor, np.ndarray, Sequence]
 
 SCORES = ("probability", "logit")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluate in eval mode and restore every module's own training flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def check_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -37,22 +25,42 @@ def check_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return images.detach().to(model_device(model))
 
 
-def check_maps(maps: MapsLike, images: torch.Tensor) -> torch.Tensor:
-    """Maps as a float tensor (B, H, W) on the images' device, resized to the images if needed."""
+def as_maps(maps: MapsLike, at_most_one: bool = True) -> torch.Tensor:
+    """Maps as a float32 tensor, checked to be what every CAM returns: finite floats in [0, 1].
+
+    ``at_most_one=False`` admits any non-negative scale (the localisation metrics are scale-free).
+    """
     if isinstance(maps, np.ndarray):
         maps = torch.from_numpy(np.ascontiguousarray(maps))
     if not torch.is_tensor(maps):
         raise TypeError(f"maps must be a tensor or numpy array of shape (B, H, W), got {type(maps).__name__}")
+    if not maps.is_floating_point():
+        hint = " (an 8-bit image of a map: divide it by 255)" if maps.dtype == torch.uint8 else ""
+        raise TypeError(f"maps must be floats in [0, 1] like a CAM's output, got dtype {maps.dtype}{hint}")
+    maps = maps.detach().float()
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("maps contain NaN or Inf values; clean them (e.g. torch.nan_to_num) first")
+    if maps.numel():
+        lo, hi = float(maps.min()), float(maps.max())
+        if lo < -1e-6 or (at_most_one and hi > 1 + 1e-6):
+            want = "in [0, 1] like a CAM's output" if at_most_one else "non-negative maps"
+            raise ValueError(
+                f"the metrics need {want}, got values in [{lo:.3g}, {hi:.3g}]; scale each map first, "
+                "e.g. with pytorch_cam.base_cam.min_max_scale"
+            )
+    return maps
+
+
+def check_maps(maps: MapsLike, images: torch.Tensor) -> torch.Tensor:
+    """Maps as a float tensor (B, H, W) on the images' device, resized to the images if needed."""
+    maps = as_maps(maps)
     if maps.ndim == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if maps.ndim != 3 or maps.shape[0] != images.shape[0]:
         raise ValueError(
             f"maps must have shape (B, H, W) with B={images.shape[0]} (one map per image), got {tuple(maps.shape)}"
         )
-    maps = maps.detach().to(images.device, torch.float32)
-    if not bool(torch.isfinite(maps).all()):
-        raise ValueError("maps contain NaN or Inf values; clean them (e.g. torch.nan_to_num) first")
-    return resize_maps(maps, images.shape[2:])
+    return resize_maps(maps.to(images.device), images.shape[2:])
 
 
 def check_score(score: str) -> None:
@@ -105,7 +113,17 @@ def resolve_classes(model: nn.Module, images: torch.Tensor, targets: TargetsLike
         classes = torch.tensor(values, dtype=torch.long)
     if classes.numel() != n:
         raise ValueError(f"got {classes.numel()} targets for {n} images; pass one class per image or targets=None")
-    return classes.to(images.device)
+    with torch.no_grad(), eval_mode(model):
+        out = model(images[:1])
+    if not torch.is_tensor(out) or out.ndim != 2:
+        return classes.to(images.device)  # forward_scores names the problem with the output
+    n_classes = out.shape[1]
+    if bool(((classes < -n_classes) | (classes >= n_classes)).any()):
+        raise IndexError(
+            f"target classes {classes.tolist()} include one outside the model output, which has {n_classes} "
+            f"classes (valid: {-n_classes}..{n_classes - 1}, negative ones counted from the end as in Python)"
+        )
+    return (classes % n_classes).to(images.device)
 
 
 def score_rows(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pytorch_cam.metrics._common import MapsLike
+from pytorch_cam.metrics._common import MapsLike, as_maps
 
 RegionLike = Union[torch.Tensor, np.ndarray]
 
@@ -44,12 +44,18 @@ def boxes_to_masks(boxes: RegionLike, size: Sequence[int]) -> torch.Tensor:
 
 
 def _maps_and_regions(maps: MapsLike, regions: RegionLike):
-    if isinstance(maps, np.ndarray):
-        maps = torch.from_numpy(np.ascontiguousarray(maps))
+    maps = as_maps(maps, at_most_one=False)
+    if isinstance(regions, (list, tuple)):
+        regions = np.asarray([r.detach().cpu().numpy() if torch.is_tensor(r) else np.asarray(r) for r in regions])
     if isinstance(regions, np.ndarray):
         regions = torch.from_numpy(np.ascontiguousarray(regions))
-    if not torch.is_tensor(maps) or maps.ndim != 3:
-        raise ValueError(f"maps must have shape (B, H, W), got {tuple(getattr(maps, 'shape', ()))}")
+    if not torch.is_tensor(regions):
+        raise TypeError(
+            f"regions must be boolean masks (B, H, W) or boxes (B, 4) as a tensor, array or list, got "
+            f"{type(regions).__name__}"
+        )
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (B, H, W), got {tuple(maps.shape)}")
     if regions.ndim == 2:
         regions = boxes_to_masks(regions, maps.shape[1:])
     if regions.shape != maps.shape:
@@ -57,7 +63,6 @@ def _maps_and_regions(maps: MapsLike, regions: RegionLike):
             f"ground truth must be masks shaped like the maps {tuple(maps.shape)} or boxes (B, 4); "
             f"got {tuple(regions.shape)}"
         )
-    maps = maps.detach().float()
     return maps, regions.to(device=maps.device, dtype=torch.bool)
 
 
