@@ -52,6 +52,9 @@ class ISCAM(ScoreCAM, name="iscam"):
         )
         self.num_samples = check_num_samples(num_samples)
 
+    def passes_per_channel(self) -> int:
+        return self.num_samples
+
     def perturbed_inputs(self, inputs: torch.Tensor, masks: torch.Tensor, generator=None) -> LazyVariants:
         n = self.num_samples
         masked = inputs * masks

@@ -35,8 +35,11 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import LayerContext, min_max_scale, resize_maps
+from pytorch_cam.base_cam import LayerContext, logger, min_max_scale, resize_maps
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, top_channels
+
+#: above this many scored inputs in one call, a warning suggests CSKIP
+LONG_RUN_FORWARDS = 10_000
 
 
 def _resolve_cskip(cskip: Union[int, float, None], channels: int) -> int:
@@ -105,8 +108,20 @@ class ScoreCAM(PerturbationCAM, name="scorecam"):
 
     def channels_to_score(self, activations: torch.Tensor) -> torch.Tensor:
         """(B, C) boolean mask of the channels to score (all, unless CSKIP)."""
-        k = _resolve_cskip(self.cskip, activations.shape[1])
+        c = activations.shape[1]
+        if isinstance(self.cskip, int) and not isinstance(self.cskip, bool) and self.cskip >= c:
+            logger.warning(
+                "cskip=%d keeps all %d channels of the target layer, so this is full Score-CAM; pass a smaller K "
+                "(e.g. cskip=16) to skip channels",
+                self.cskip,
+                c,
+            )
+        k = _resolve_cskip(self.cskip, c)
         return top_channels(activations, k, self.cskip_rank)
+
+    def passes_per_channel(self) -> int:
+        """Forward passes per scored channel (SS-CAM and IS-CAM score several perturbed copies)."""
+        return 1
 
     def score_masks(
         self, input_tensor: torch.Tensor, activations: torch.Tensor, keep: torch.Tensor, targets: list
@@ -126,6 +141,17 @@ class ScoreCAM(PerturbationCAM, name="scorecam"):
                 )
                 scores = torch.where(keep & constant, zero_scores[:, None].to(scores.dtype), scores)
             rep_keep, pairs, rep_of = unique_rows(flat, keep & ~constant)
+            forwards = int(rep_keep.sum()) * self.passes_per_channel()
+            if forwards > LONG_RUN_FORWARDS:
+                logger.warning(
+                    "%s will score about %d inputs (%d channel masks x %d); that takes a while on a CPU. For a "
+                    "map in a fraction of the time, pass cskip=16 (score only each image's 16 strongest channels), "
+                    "or run on a GPU with a larger batch_size",
+                    type(self).__name__,
+                    forwards,
+                    int(rep_keep.sum()),
+                    self.passes_per_channel(),
+                )
             key = ("score", tuple(input_tensor.shape[1:]), input_tensor.dtype)
             for b_idx, c_idx in self.pair_chunks(rep_keep, key, math.prod(size)):
                 masks = min_max_scale(resize_maps(activations[b_idx, c_idx], size))

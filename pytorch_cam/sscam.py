@@ -94,6 +94,9 @@ class SSCAM(ScoreCAM, name="sscam"):
             generator.manual_seed(int(self.seed))
         return generator
 
+    def passes_per_channel(self) -> int:
+        return self.num_samples
+
     def perturbed_inputs(
         self, inputs: torch.Tensor, masks: torch.Tensor, generator: Optional[torch.Generator]
     ) -> LazyVariants:

@@ -124,3 +124,23 @@ def test_a_layer_that_runs_twice_is_logged(caplog):
     with caplog.at_level(logging.WARNING, logger="pytorch_cam"):
         GradCAM(net, [net.conv])(X, [1, 2])
     assert "ran 2 times in one forward pass" in caplog.text and "last call is explained" in caplog.text
+
+
+def test_cskip_above_the_channel_count_is_logged(tiny_cnn, caplog):
+    net = tiny_cnn()  # 16 channels
+    with caplog.at_level(logging.WARNING, logger="pytorch_cam"):
+        ScoreCAM(net, [net.features], cskip=5000, **FAST)(X, [1, 2])
+    assert "cskip=5000 keeps all 16 channels" in caplog.text
+
+
+def test_a_long_score_cam_run_suggests_cskip(tiny_cnn, caplog, monkeypatch):
+    import pytorch_cam.score_cam as score_cam
+
+    monkeypatch.setattr(score_cam, "LONG_RUN_FORWARDS", 20)  # the real bound is 10^4 forwards
+    net = tiny_cnn()
+    with caplog.at_level(logging.WARNING, logger="pytorch_cam"):
+        ScoreCAM(net, [net.features], cskip=8, **FAST)(X, [1, 2])
+    assert "will score" not in caplog.text  # 16 masks
+    with caplog.at_level(logging.WARNING, logger="pytorch_cam"):
+        ScoreCAM(net, [net.features], **FAST)(X, [1, 2])
+    assert "ScoreCAM will score about" in caplog.text and "cskip=16" in caplog.text
