@@ -29,7 +29,7 @@ from pytorch_cam.methods import BATCHED, METHODS
 from pytorch_cam.utils.image import deprocess_image, load_image, preprocess_image, show_cam_on_image
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "usage_examples" / "images" / "chelsea.png"
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "chelsea.png"  # package data: also after pip install .
 EXIT_USAGE = 2
 
 
