@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from benchmarks.scenes import generate_scenes, load_trained_cnn
+from benchmarks.scenes import load_trained_cnn
 from pytorch_cam import ScoreCAM
 from pytorch_cam.metrics import pointing_game
+from pytorch_cam.utils.scenes import generate_scenes
 
 RATIOS = [1.0, 3 / 4, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
 SAME_MAP = 0.95

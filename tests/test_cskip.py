@@ -37,9 +37,8 @@ def counted(tiny_cnn):
 
 
 @pytest.fixture(scope="module")
-def x():
-    torch.manual_seed(0)
-    return torch.randn(B, 3, 16, 12)
+def x(make_input):
+    return make_input(B, 3, 16, 12, seed=0)  # non-square: a swapped H/W shows in the maps' shape
 
 
 def score(model, layer, x, **kwargs):

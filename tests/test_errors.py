@@ -28,9 +28,8 @@ def net(tiny_cnn):
 
 
 @pytest.fixture(scope="module")
-def x():
-    torch.manual_seed(0)
-    return torch.randn(2, 3, 12, 12)
+def x(make_input):
+    return make_input(2, 3, 12, 12, seed=0)  # 12x12: the messages below name its shapes
 
 
 # ------------------------------------------------------------------ the input tensor

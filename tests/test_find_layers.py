@@ -22,16 +22,6 @@ from pytorch_cam.utils.find_layers import (
 X64 = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-def _build(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval()
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    return _build("resnet18")
-
-
 # name -> the layer pytorch-grad-cam's README recommends (or the module returning the same tensor)
 CNN_DEFAULTS = {
     "resnet18": "layer4.1",
@@ -57,7 +47,7 @@ def test_cnn_default_is_last_spatial_layer_before_pooling(name):
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_transformer_families_need_no_forward():
+def test_transformer_families_need_no_forward(resnet18):
     from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -75,7 +65,7 @@ def test_transformer_families_need_no_forward():
     assert find_default_target_layers(t_vit) == [t_vit.blocks[-1].norm1]
     assert find_default_target_layers(t_deit) == [t_deit.blocks[-1].norm1]
     assert find_default_target_layers(t_swin) == [t_swin.layers[-1].blocks[-1].norm1]
-    assert find_transformer_target_layers(_build("resnet18")) is None
+    assert find_transformer_target_layers(resnet18) is None
 
 
 def test_cam_with_target_layers_none_matches_explicit_and_caches(resnet18, caplog):

@@ -4,6 +4,8 @@ resnet18 runs the full matrix batch x targets x eigen_smooth x aug_smooth; vgg11
 classifier makes every forward slow on CPU) runs a pairwise covering of the same four factors.
 Inputs are small and non-square so a swapped H/W shows up. The gradient-free methods score only
 8 channels here (CSKIP / ratio_channels_to_ablate); their full cost is paid in test_parity.py.
+The further methods (HiResCAM, LayerCAM, ..., RandomCAM) run once each on resnet18; their maps are
+checked in their own files (test_elementwise_methods.py, test_fullgrad.py, test_cam.py, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import pytorch_cam
 from pytorch_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
 from pytorch_cam.methods import METHODS
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
@@ -63,8 +66,8 @@ def test_registry_lists_every_tested_method():
 
 @pytest.fixture(scope="module")
 def inputs():
-    torch.manual_seed(1)
-    return {1: torch.randn(1, 3, H, W), 2: torch.randn(2, 3, H, W)}
+    g = torch.Generator().manual_seed(1)
+    return {1: torch.randn(1, 3, H, W, generator=g), 2: torch.randn(2, 3, H, W, generator=g)}
 
 
 @pytest.mark.parametrize("cls", ALL, ids=IDS)
@@ -93,9 +96,8 @@ assert all(
 
 @pytest.mark.parametrize("cls", ALL, ids=IDS)
 @pytest.mark.parametrize("batch,use_targets,eigen,aug", VGG_ROWS)
-def test_vgg11_matrix(vgg11, cls, batch, use_targets, eigen, aug):
-    torch.manual_seed(2)
-    x = torch.randn(batch, 3, VGG_H, VGG_W)
+def test_vgg11_matrix(vgg11, make_input, cls, batch, use_targets, eigen, aug):
+    x = make_input(batch, 3, VGG_H, VGG_W, seed=2)
     # features[-2]: ReLU of the last conv, before the last max-pool (a 2x3 map at this size).
     run_case(cls, vgg11, vgg11.features[-2], 512, x, use_targets, eigen, aug)
 
@@ -174,3 +176,27 @@ def test_volume_input(cls, batch):
         maps = cam(x, targets=[ClassifierOutputTarget(i % 3) for i in range(batch)])
     check_maps(maps, batch, (6, 12, 10), rescaled=True)
     assert all(m.max() == 1.0 for m in maps)  # random volumes give non-constant maps
+
+
+# ---------------------------------------------------------------- the further methods, at resnet18's layer3
+FURTHER = ["hirescam", "layercam", "eigengradcam", "gradcamelementwise", "fullgrad", "cam", "sscam", "iscam"]
+FURTHER += ["smoothgradcampp", "randomcam"]
+FAST_KW = {
+    "sscam": {"num_samples": 2, "cskip": 8, "seed": 0, "progress": False},
+    "iscam": {"num_samples": 2, "cskip": 8, "progress": False},
+    "smoothgradcampp": {"num_samples": 2, "seed": 0},
+    "randomcam": {"seed": 0},
+}
+
+
+@pytest.mark.parametrize("name", FURTHER)
+def test_further_method_output_contract(private_resnet18, x64, name):
+    resnet = private_resnet18
+    assert name in METHODS and METHODS[name].__name__ in pytorch_cam.__all__
+    layer = resnet.layer4[-1] if name == "cam" else resnet.layer3[-1]
+    flags = [(m, m.training) for m in resnet.modules()]
+    maps = METHODS[name](resnet, [layer], **FAST_KW.get(name, {}))(x64, [ClassifierOutputTarget(c) for c in (3, 7)])
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert all(m.training == t for m, t in flags)
+    assert all(not m._forward_hooks for m in resnet.modules())

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.scenes import generate_scenes, load_trained_cnn
 from pytorch_cam.metrics import (
     auc,
     average_drop,
@@ -27,6 +26,7 @@ from pytorch_cam.metrics import (
     road_score,
 )
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.scenes import generate_scenes
 
 
 class EvidenceModel(nn.Module):
@@ -47,7 +47,7 @@ class EvidenceModel(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
+def evidence_model() -> nn.Module:
     return EvidenceModel()
 
 
@@ -67,8 +67,8 @@ def three_maps(scenes):
     return {"perfect": perfect, "random": random, "inverted": 1 - perfect}
 
 
-def test_trained_cnn_is_accepted_by_every_metric_entry_point():
-    cnn = load_trained_cnn()
+def test_trained_cnn_is_accepted_by_every_metric_entry_point(scenes_cnn):
+    cnn = scenes_cnn
     images, labels, masks = generate_scenes(2, seed=1)
     assert average_drop(cnn, images, masks.float(), labels).shape == (2,)
     assert deletion_auc(cnn, images, masks.float(), labels, steps=2).shape == (2,)
@@ -124,53 +124,53 @@ def test_auc_closed_form():
     assert auc(curve).tolist() == pytest.approx([0.5, 1.0])
 
 
-def test_confidence_metrics_closed_forms(model, scenes):
+def test_confidence_metrics_closed_forms(evidence_model, scenes):
     images, labels, _ = scenes
     x = images[:6]
     ones = torch.ones(6, 32, 32)
-    assert torch.equal(average_drop(model, x, ones, labels[:6]), torch.zeros(6))
-    assert torch.equal(increase_in_confidence(model, x, ones, labels[:6]), torch.zeros(6))
+    assert torch.equal(average_drop(evidence_model, x, ones, labels[:6]), torch.zeros(6))
+    assert torch.equal(increase_in_confidence(evidence_model, x, ones, labels[:6]), torch.zeros(6))
     half = 0.5 * ones.numpy()  # numpy maps are accepted too
-    y, o = masked_scores(model, x, half, labels[:6])
+    y, o = masked_scores(evidence_model, x, half, labels[:6])
     with torch.no_grad():
-        probs = model(torch.cat([x, 0.5 * x])).softmax(1)
+        probs = evidence_model(torch.cat([x, 0.5 * x])).softmax(1)
     assert torch.allclose(y, probs[:6].gather(1, labels[:6, None])[:, 0], atol=1e-6)
     assert torch.allclose(o, probs[6:].gather(1, labels[:6, None])[:, 0], atol=1e-6)
-    assert torch.allclose(average_drop(model, x, half, labels[:6]), (y - o).clamp(min=0) / y, atol=1e-6)
-    assert torch.allclose(confidence_change(model, x, half, labels[:6]), o - y, atol=1e-6)
+    assert torch.allclose(average_drop(evidence_model, x, half, labels[:6]), (y - o).clamp(min=0) / y, atol=1e-6)
+    assert torch.allclose(confidence_change(evidence_model, x, half, labels[:6]), o - y, atol=1e-6)
     # targets: None = top class (= class 0 here), ClassifierOutputTarget, ints and a tensor all agree
     as_targets = [ClassifierOutputTarget(int(c)) for c in labels[:6]]
     for t in (None, as_targets, labels[:6].tolist()):
-        assert torch.equal(masked_scores(model, x, half, t)[1], o)
+        assert torch.equal(masked_scores(evidence_model, x, half, t)[1], o)
 
 
-def test_deletion_and_insertion_curve_end_points(model, scenes):
+def test_deletion_and_insertion_curve_end_points(evidence_model, scenes):
     images, labels, masks = scenes
     x, lab, m = images[:4], labels[:4], masks[:4].float()
     with torch.no_grad():
-        p_image = model(x).softmax(1).gather(1, lab[:, None])[:, 0]
-        p_black = model(torch.zeros_like(x)).softmax(1).gather(1, lab[:, None])[:, 0]
-    dele = deletion_curve(model, x, m, lab, steps=4, batch_size=7)
+        p_image = evidence_model(x).softmax(1).gather(1, lab[:, None])[:, 0]
+        p_black = evidence_model(torch.zeros_like(x)).softmax(1).gather(1, lab[:, None])[:, 0]
+    dele = deletion_curve(evidence_model, x, m, lab, steps=4, batch_size=7)
     assert dele.shape == (4, 5)
     assert torch.allclose(dele[:, 0], p_image, atol=1e-5) and torch.allclose(dele[:, -1], p_black, atol=1e-5)
-    ins = insertion_curve(model, x, m, lab, steps=4, batch_size=7)
+    ins = insertion_curve(evidence_model, x, m, lab, steps=4, batch_size=7)
     assert torch.allclose(ins[:, -1], p_image, atol=1e-5)
 
 
-def test_metric_errors(model, scenes):
+def test_metric_errors(evidence_model, scenes):
     images, labels, masks = scenes
     with pytest.raises(ValueError, match=r"maps must have shape \(B, H, W\) with B=2"):
-        average_drop(model, images[:2], masks[:3].float())
+        average_drop(evidence_model, images[:2], masks[:3].float())
     with pytest.raises(ValueError, match="got 3 targets for 2 images"):
-        average_drop(model, images[:2], masks[:2].float(), [0, 1, 2])
+        average_drop(evidence_model, images[:2], masks[:2].float(), [0, 1, 2])
     with pytest.raises(ValueError, match="score must be one of"):
-        deletion_auc(model, images[:2], masks[:2].float(), score="prob")
+        deletion_auc(evidence_model, images[:2], masks[:2].float(), score="prob")
     with pytest.raises(ValueError, match="order must be 'morf'"):
-        road_curve(model, images[:2], masks[:2].float(), order="most")
+        road_curve(evidence_model, images[:2], masks[:2].float(), order="most")
     with pytest.raises(ValueError, match="strictly between 0 and 100"):
-        road_curve(model, images[:2], masks[:2].float(), percentiles=[0, 50])
+        road_curve(evidence_model, images[:2], masks[:2].float(), percentiles=[0, 50])
     with pytest.raises(ValueError, match="NaN or Inf"):
-        average_drop(model, images[:1], torch.full((1, 32, 32), float("nan")))
+        average_drop(evidence_model, images[:1], torch.full((1, 32, 32), float("nan")))
 
 
 # ---------------------------------------------------------------- ROAD imputation
@@ -233,25 +233,25 @@ def test_localisation_ordering(scenes, three_maps):
         assert 0.0 < r["random"] < 0.5
 
 
-def test_deletion_insertion_ordering(model, scenes, three_maps):
-    d = _means(lambda *a: deletion_auc(*a, steps=8), model, scenes, three_maps)
+def test_deletion_insertion_ordering(evidence_model, scenes, three_maps):
+    d = _means(lambda *a: deletion_auc(*a, steps=8), evidence_model, scenes, three_maps)
     assert d["perfect"] < d["random"] < d["inverted"]
-    i = _means(lambda *a: insertion_auc(*a, steps=8), model, scenes, three_maps)
+    i = _means(lambda *a: insertion_auc(*a, steps=8), evidence_model, scenes, three_maps)
     assert i["perfect"] > i["random"] > i["inverted"]
 
 
-def test_confidence_ordering(model, scenes, three_maps):
-    drop = _means(average_drop, model, scenes, three_maps)
+def test_confidence_ordering(evidence_model, scenes, three_maps):
+    drop = _means(average_drop, evidence_model, scenes, three_maps)
     assert drop["perfect"] < drop["random"] < drop["inverted"]
-    change = _means(confidence_change, model, scenes, three_maps)
+    change = _means(confidence_change, evidence_model, scenes, three_maps)
     assert change["perfect"] > change["random"] > change["inverted"]
-    inc = _means(increase_in_confidence, model, scenes, three_maps)
+    inc = _means(increase_in_confidence, evidence_model, scenes, three_maps)
     assert inc["perfect"] > inc["random"] >= inc["inverted"]
 
 
-def test_road_ordering(model, scenes, three_maps):
+def test_road_ordering(evidence_model, scenes, three_maps):
     images, labels, _ = scenes
-    res = {k: road_score(model, images, m, labels, percentiles=(20, 50, 80)) for k, m in three_maps.items()}
+    res = {k: road_score(evidence_model, images, m, labels, percentiles=(20, 50, 80)) for k, m in three_maps.items()}
     combined, morf, lerf = ({k: float(v[i].mean()) for k, v in res.items()} for i in range(3))
     assert morf["perfect"] < morf["random"] < morf["inverted"]
     assert lerf["perfect"] > lerf["random"] > lerf["inverted"]

@@ -7,6 +7,9 @@ apart, so every method is checked at both.
 
 EigenCAM is tested on its own: we fix the principal component's sign (flip the projection
 when |min| > |max|), pytorch-grad-cam keeps whatever sign numpy's SVD returns.
+
+A quick check closes the file: the five core methods on one 64x64 image at layer3, with the
+peer's own target objects passed to both libraries.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.image import scale_cam_image as peer_scale  # noqa: E402
@@ -29,23 +31,20 @@ CLASSES = [3, 10]
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(private_resnet18):
     # A private resnet18: the peer's backward leaves .grad on the parameters, which must not
     # leak into the shared session fixture.
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval()
+    return private_resnet18
 
 
 @pytest.fixture(scope="module")
-def x_grad():
-    torch.manual_seed(3)
-    return torch.randn(2, 3, 128, 128)  # layer4: 4x4 maps, layer3: 8x8
+def x_grad(make_input):
+    return make_input(2, 3, 128, 128, seed=3)  # layer4: 4x4 maps, layer3: 8x8
 
 
 @pytest.fixture(scope="module")
-def x_free():
-    torch.manual_seed(4)
-    return torch.randn(1, 3, 64, 64)  # keeps the 512 / 256 masked forwards to a few seconds
+def x_free(make_input):
+    return make_input(1, 3, 64, 64, seed=4)  # keeps the 512 / 256 masked forwards to a few seconds
 
 
 def ours(cls_name, model, layer, x, classes, **kwargs):
@@ -113,9 +112,8 @@ def test_last_layer_coincides_inner_layer_separates(model, x_grad, pearson):
 
 
 @pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "XGradCAM"])
-def test_vgg11_features_match_grad_cam(vgg11, pearson, name):
-    torch.manual_seed(5)
-    x = torch.randn(2, 3, 96, 96)
+def test_vgg11_features_match_grad_cam(vgg11, make_input, pearson, name):
+    x = make_input(2, 3, 96, 96, seed=5)
     layer = vgg11.features[-2]  # last conv's ReLU: 6x6 maps
     # Frozen classifier: the peer's backward would otherwise fill 480 MB of .grad. Gradients
     # still reach the features' activations through the trainable convolutions.
@@ -195,3 +193,21 @@ def test_principal_component_sign_is_fixed(model, x_grad, monkeypatch):
     np.testing.assert_array_equal(ours("EigenCAM", model, layer, x_grad, CLASSES), a)
     with pytorch_cam.GradCAM(model, [layer]) as cam:
         np.testing.assert_array_equal(cam(x_grad, CLASSES, eigen_smooth=True), smoothed)
+
+
+# ---------------------------------------------------------------- quick check: one image, layer3
+@pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "ScoreCAM", "AblationCAM"])
+def test_inner_layer_parity_one_image(model, make_input, pearson, name):
+    x = make_input(1, 3, 64, 64, seed=0)
+    layer = model.layer3[-1]
+    targets = [PeerTarget(7)]  # grad-cam's target objects work with ours too
+    kwargs = {"progress": False} if name in ("ScoreCAM", "AblationCAM") else {}
+    a = getattr(pytorch_cam, name)(model, [layer], **kwargs)(x, targets)
+    ref = getattr(pytorch_grad_cam, name)(model, [layer])
+    ref.batch_size = 256
+    try:
+        b = ref(x, targets)
+    finally:
+        model.zero_grad(set_to_none=True)
+    assert a.shape == b.shape == (1, 64, 64)
+    assert pearson(a, b)[0] >= 0.99

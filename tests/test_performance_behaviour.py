@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -17,15 +18,13 @@ X_SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+def model(seeded_model) -> nn.Module:
+    return seeded_model(torchvision.models.resnet18, weights=None, num_classes=10)
 
 
 @pytest.fixture(scope="module")
-def x() -> torch.Tensor:
-    torch.manual_seed(1)
-    return torch.randn(2, 3, X_SIZE, X_SIZE)
+def x(make_input) -> torch.Tensor:
+    return make_input(2, 3, X_SIZE, X_SIZE, seed=1)
 
 
 class _Tiny(nn.Module):
@@ -47,9 +46,8 @@ class _Tiny(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def tiny() -> nn.Module:
-    torch.manual_seed(0)
-    return _Tiny(width=48).eval()
+def tiny(seeded_model) -> nn.Module:
+    return seeded_model(_Tiny, width=48)
 
 
 @pytest.mark.parametrize("rank", ["max", "std"])
@@ -159,9 +157,8 @@ def test_split_feeds_values_that_cross_the_layer(model):
     assert split_after(model, model.layer4[-1]).head is None
 
 
-def test_untraceable_model_falls_back_to_hooks(x, caplog):
-    torch.manual_seed(0)
-    net = _Tiny(branchy=True).eval()
+def test_untraceable_model_falls_back_to_hooks(seeded_model, x, caplog):
+    net = seeded_model(_Tiny, branchy=True)
     layer = net.features[3]
     with caplog.at_level(logging.DEBUG, logger="pytorch_cam"):
         cam = AblationCAM(net, [layer], progress=False)
@@ -191,3 +188,31 @@ def test_gradient_forward_leaves_no_grad_mode_or_flags_behind(model, x):
         assert not torch.is_grad_enabled()
     assert torch.is_grad_enabled() == before
     assert all(p.grad is None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- batch_size chunks the scoring passes
+@pytest.mark.parametrize("cls", [ScoreCAM, AblationCAM], ids=["ScoreCAM", "AblationCAM"])
+@pytest.mark.parametrize("how", ["constructor", "attribute"])
+def test_batch_size_is_honoured(tiny_cnn, make_input, cls, how):
+    channels, batch = 16, 2
+    model = tiny_cnn(channels=channels)
+    layer = model.features  # conv output: no constant channels for a random input
+    sizes: list = []
+    # The classifier runs in every scoring pass (AblationCAM may run only the network after the
+    # target layer, so the root forward is not the place to count).
+    model.fc.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))
+    x = make_input(batch, 3, 12, 12, seed=0)
+    if how == "constructor":
+        cam = cls(model, [layer], batch_size=4, progress=False)
+    else:
+        cam = cls(model, [layer], progress=False)
+        assert cam.batch_size == "auto"
+        cam.batch_size = 4
+    with cam:
+        maps = cam(x, targets=[0, 1])
+    # After the capture forward; drop AblationCAM's check of its fx tail (one row more than the batch).
+    scoring = [s for s in sizes[1:] if s != batch + 1]
+    # Pairs of different images share a chunk: every chunk is full.
+    assert scoring == [4] * math.ceil(batch * channels / 4)
+    with cls(model, [layer], batch_size=64, progress=False) as cam:
+        np.testing.assert_allclose(cam(x, targets=[0, 1]), maps, atol=1e-5)

@@ -82,9 +82,8 @@ def make_cam(cls, model):
 
 
 @pytest.fixture(scope="module")
-def x():
-    torch.manual_seed(1)
-    return torch.randn(2, 3, 16, 16)
+def x(make_input):
+    return make_input(2, 3, 16, 16, seed=1)
 
 
 @pytest.mark.parametrize("mode", ["eval", "train", "mixed"])

@@ -18,10 +18,14 @@ insertion AUC              ``insertion_auc`` (``insertion_curve``) higher
 pointing game              ``pointing_game``                       higher
 energy pointing game       ``energy_pointing_game``                higher
 =========================  ======================================  =========
+
+``evaluate_faithfulness`` (``pytorch_cam.metrics.faithfulness``) runs CAM methods over images with
+ground-truth masks and reports every metric above per method: which map to trust.
 """
 
 from pytorch_cam.metrics.confidence import average_drop, confidence_change, increase_in_confidence, masked_scores
 from pytorch_cam.metrics.deletion import auc, deletion_auc, deletion_curve, insertion_auc, insertion_curve
+from pytorch_cam.metrics.faithfulness import evaluate_faithfulness
 from pytorch_cam.metrics.pointing import boxes_to_masks, energy_pointing_game, pointing_game
 from pytorch_cam.metrics.road import DEFAULT_PERCENTILES, noisy_linear_impute, road_curve, road_score
 
@@ -34,6 +38,7 @@ __all__ = [
     "deletion_auc",
     "deletion_curve",
     "energy_pointing_game",
+    "evaluate_faithfulness",
     "increase_in_confidence",
     "insertion_auc",
     "insertion_curve",

@@ -1,14 +1,11 @@
-"""Image helpers, targets and the batch_size knob of the gradient-free methods."""
+"""Image helpers (pytorch_cam.utils.image): overlays, pre/de-processing and map scaling."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from pytorch_cam import AblationCAM, ScoreCAM
 from pytorch_cam.utils.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -16,12 +13,6 @@ from pytorch_cam.utils.image import (
     preprocess_image,
     scale_cam_image,
     show_cam_on_image,
-)
-from pytorch_cam.utils.model_targets import (
-    BinaryClassifierOutputTarget,
-    ClassifierOutputSoftmaxTarget,
-    ClassifierOutputTarget,
-    SemanticSegmentationTarget,
 )
 
 
@@ -134,74 +125,3 @@ def test_scale_cam_image_resize_takes_width_height():
     assert out.min() >= 0 and out.max() <= 1
     peer = pytest.importorskip("pytorch_grad_cam.utils.image")
     np.testing.assert_allclose(out, peer.scale_cam_image(cams, (10, 8)), atol=1e-5)
-
-
-# ------------------------------------------------------------------ targets
-def test_classifier_output_target():
-    out = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
-    assert ClassifierOutputTarget(2)(out[0]).item() == 3.0
-    assert ClassifierOutputTarget(-1)(out[1]).item() == 8.0
-    np.testing.assert_array_equal(ClassifierOutputTarget(1)(out).numpy(), [2.0, 6.0])
-    with pytest.raises(IndexError, match=r"class 4 is outside the model output, which has 4 classes \(valid: 0..3\)"):
-        ClassifierOutputTarget(4)(out[0])
-    with pytest.raises(TypeError, match="category must be an int class index"):
-        ClassifierOutputTarget(1.0)
-
-
-def test_classifier_output_softmax_target():
-    out = torch.tensor([1.0, 2.0, 0.5])
-    expected = math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + math.exp(0.5))
-    assert ClassifierOutputSoftmaxTarget(1)(out).item() == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(IndexError, match="outside the model output"):
-        ClassifierOutputSoftmaxTarget(3)(out)
-
-
-def test_binary_classifier_output_target():
-    out = torch.tensor([0.7])
-    assert BinaryClassifierOutputTarget(1)(out).item() == pytest.approx(0.7)
-    assert BinaryClassifierOutputTarget(0)(out).item() == pytest.approx(-0.7)
-    with pytest.raises(ValueError, match="takes category 0 or 1, got 2"):
-        BinaryClassifierOutputTarget(2)
-
-
-def test_semantic_segmentation_target():
-    out = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
-    mask = np.zeros((3, 4), np.float32)
-    mask[1, 2] = mask[2, 3] = 1
-    assert SemanticSegmentationTarget(1, mask)(out).item() == out[1, 1, 2].item() + out[1, 2, 3].item()
-    as_tensor = SemanticSegmentationTarget(0, torch.from_numpy(mask))
-    assert as_tensor(out).item() == out[0, 1, 2].item() + out[0, 2, 3].item()
-    with pytest.raises(ValueError, match=r"expects a per-image output of shape \(classes, H, W\)"):
-        SemanticSegmentationTarget(0, mask)(out[0])
-    with pytest.raises(IndexError, match="target class 2 is outside the segmentation output's 2 classes"):
-        SemanticSegmentationTarget(2, mask)(out)
-    with pytest.raises(ValueError, match=r"mask shape \(4, 3\) differs from the output's spatial shape \(3, 4\)"):
-        SemanticSegmentationTarget(0, mask.T)(out)
-
-
-# ------------------------------------------------------------------ batch_size
-@pytest.mark.parametrize("cls", [ScoreCAM, AblationCAM], ids=["ScoreCAM", "AblationCAM"])
-@pytest.mark.parametrize("how", ["constructor", "attribute"])
-def test_batch_size_is_honoured(tiny_cnn, cls, how):
-    channels, batch = 16, 2
-    model = tiny_cnn(channels=channels)
-    layer = model.features  # conv output: no constant channels for a random input
-    sizes: list = []
-    # The classifier runs in every scoring pass (AblationCAM may run only the network after the
-    # target layer, so the root forward is not the place to count).
-    model.fc.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))
-    torch.manual_seed(0)
-    x = torch.randn(batch, 3, 12, 12)
-    if how == "constructor":
-        cam = cls(model, [layer], batch_size=4, progress=False)
-    else:
-        cam = cls(model, [layer], progress=False)
-        assert cam.batch_size == "auto"
-        cam.batch_size = 4
-    with cam:
-        maps = cam(x, targets=[0, 1])
-    scoring = [s for s in sizes[1:] if s != batch]  # after the capture forward; drop verification passes
-    # Pairs of different images share a chunk: every chunk is full.
-    assert scoring == [4] * math.ceil(batch * channels / 4)
-    with cls(model, [layer], batch_size=64, progress=False) as cam:
-        np.testing.assert_allclose(cam(x, targets=[0, 1]), maps, atol=1e-5)

@@ -1,6 +1,9 @@
-"""ClassifierOutputReST, FasterRCNNBoxScoreTarget, SimilarityToConceptTarget."""
+"""Model targets (pytorch_cam.utils.model_targets): closed forms, parity with pytorch-grad-cam,
+errors, and targets inside a CAM (a detector's box score, a concept embedding)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -9,12 +12,60 @@ from torch import nn
 
 import pytorch_cam as pc
 from pytorch_cam.utils.model_targets import (
+    BinaryClassifierOutputTarget,
     ClassifierOutputReST,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
     FasterRCNNBoxScoreTarget,
+    SemanticSegmentationTarget,
     SimilarityToConceptTarget,
 )
 
 
+# ------------------------------------------------------------------ classifier and segmentation targets
+def test_classifier_output_target():
+    out = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    assert ClassifierOutputTarget(2)(out[0]).item() == 3.0
+    assert ClassifierOutputTarget(-1)(out[1]).item() == 8.0
+    np.testing.assert_array_equal(ClassifierOutputTarget(1)(out).numpy(), [2.0, 6.0])
+    with pytest.raises(IndexError, match=r"class 4 is outside the model output, which has 4 classes \(valid: 0..3\)"):
+        ClassifierOutputTarget(4)(out[0])
+    with pytest.raises(TypeError, match="category must be an int class index"):
+        ClassifierOutputTarget(1.0)
+
+
+def test_classifier_output_softmax_target():
+    out = torch.tensor([1.0, 2.0, 0.5])
+    expected = math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + math.exp(0.5))
+    assert ClassifierOutputSoftmaxTarget(1)(out).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(IndexError, match="outside the model output"):
+        ClassifierOutputSoftmaxTarget(3)(out)
+
+
+def test_binary_classifier_output_target():
+    out = torch.tensor([0.7])
+    assert BinaryClassifierOutputTarget(1)(out).item() == pytest.approx(0.7)
+    assert BinaryClassifierOutputTarget(0)(out).item() == pytest.approx(-0.7)
+    with pytest.raises(ValueError, match="takes category 0 or 1, got 2"):
+        BinaryClassifierOutputTarget(2)
+
+
+def test_semantic_segmentation_target():
+    out = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    mask = np.zeros((3, 4), np.float32)
+    mask[1, 2] = mask[2, 3] = 1
+    assert SemanticSegmentationTarget(1, mask)(out).item() == out[1, 1, 2].item() + out[1, 2, 3].item()
+    as_tensor = SemanticSegmentationTarget(0, torch.from_numpy(mask))
+    assert as_tensor(out).item() == out[0, 1, 2].item() + out[0, 2, 3].item()
+    with pytest.raises(ValueError, match=r"expects a per-image output of shape \(classes, H, W\)"):
+        SemanticSegmentationTarget(0, mask)(out[0])
+    with pytest.raises(IndexError, match="target class 2 is outside the segmentation output's 2 classes"):
+        SemanticSegmentationTarget(2, mask)(out)
+    with pytest.raises(ValueError, match=r"mask shape \(4, 3\) differs from the output's spatial shape \(3, 4\)"):
+        SemanticSegmentationTarget(0, mask.T)(out)
+
+
+# ------------------------------------------------------------------ ReST, detection and concept targets
 def test_rest_closed_form_and_grad_cam_parity():
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST as GradCamReST
 
