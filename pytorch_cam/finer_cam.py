@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, Inferred, TargetLike
+from pytorch_cam.base_cam import TargetLike
 from pytorch_cam.grad_cam import GradCAM
-from pytorch_cam.registry import Registered
+from pytorch_cam.meta_cam import MetaCAM, check_base_method
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
 #: positions (in the order of closeness to the main class) of the default comparison classes
@@ -165,7 +165,7 @@ def finer_variant(base_method: type) -> type:
     return Variant
 
 
-class FinerCAM(Registered, name="finercam"):
+class FinerCAM(MetaCAM, name="finercam"):
     """Finer-CAM on top of any target-driven CAM method.
 
     Args:
@@ -192,45 +192,8 @@ class FinerCAM(Registered, name="finercam"):
         base_method: type = GradCAM,
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-            raise TypeError(
-                f"base_method must be a CAM class of pytorch_cam (a BaseCAM subclass such as GradCAM), "
-                f"got {base_method!r}"
-            )
-        self.base_method = base_method
+        self.base_method = check_base_method(base_method)
         self.base_cam = finer_variant(base_method)(model, target_layers, reshape_transform=reshape_transform, **kwargs)
-
-    # The base CAM's settings, for code that inspects a CAM object (e.g. the command line).
-    @property
-    def model(self) -> nn.Module:
-        return self.base_cam.model
-
-    @property
-    def target_layers(self) -> Optional[list]:
-        return self.base_cam.target_layers
-
-    @property
-    def layers(self) -> List[nn.Module]:
-        return self.base_cam.layers
-
-    @property
-    def inferred(self) -> Inferred:
-        return self.base_cam.inferred
-
-    @property
-    def reshape_transform(self) -> Any:
-        return self.base_cam.reshape_transform
-
-    @property
-    def device(self) -> torch.device:
-        return self.base_cam.device
-
-    @property
-    def uses_gradients(self) -> bool:
-        return self.base_cam.uses_gradients
-
-    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        return self.forward(*args, **kwargs)
 
     def forward(
         self,
@@ -277,12 +240,3 @@ class FinerCAM(Registered, name="finercam"):
             requests = base._resolve_targets(requests, outputs, n)
             del outputs
         return base.forward(x, requests, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-
-    def release(self) -> None:
-        self.base_cam.release()
-
-    def __enter__(self) -> FinerCAM:
-        return self
-
-    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
-        self.release()

@@ -19,24 +19,20 @@ base method explains all the layers from a single pass and multiplies their maps
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, CallState, Inferred, TargetLike, min_max_scale
+from pytorch_cam.base_cam import BaseCAM, CallState, TargetLike, min_max_scale
 from pytorch_cam.grad_cam_plusplus import GradCAMPlusPlus
-from pytorch_cam.registry import Registered
+from pytorch_cam.meta_cam import MetaCAM, check_base_method
 
 
-def check_base_method(base_method: Any) -> type:
+def check_per_layer_method(base_method: Any) -> type:
     """``base_method`` if it explains its target layers one by one, else a clear error."""
-    if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-        raise TypeError(
-            "base_method must be a per-layer CAM class of pytorch_cam (a BaseCAM subclass such as "
-            f"GradCAMPlusPlus or GradCAM), got {base_method!r}"
-        )
+    check_base_method(base_method)
     for hook in ("combine_layers", "forward_tensor"):
         if getattr(base_method, hook) is not getattr(BaseCAM, hook):
             raise ValueError(
@@ -66,7 +62,7 @@ def refine_variant(base_method: type) -> type:
     return Variant
 
 
-class RefineCAM(Registered, name="refinecam"):
+class RefineCAM(MetaCAM, name="refinecam"):
     """RefineCAM on top of any per-layer CAM method.
 
     Args:
@@ -88,46 +84,8 @@ class RefineCAM(Registered, name="refinecam"):
         base_method: type = GradCAMPlusPlus,
         **kwargs: Any,
     ) -> None:
-        self.base_method = check_base_method(base_method)
+        self.base_method = check_per_layer_method(base_method)
         self.base_cam = refine_variant(base_method)(model, target_layers, reshape_transform=reshape_transform, **kwargs)
-
-    # The base CAM's settings, for code that inspects a CAM object (e.g. the command line).
-    @property
-    def model(self) -> nn.Module:
-        return self.base_cam.model
-
-    @property
-    def target_layers(self) -> Optional[list]:
-        return self.base_cam.target_layers
-
-    @property
-    def layers(self) -> List[nn.Module]:
-        return self.base_cam.layers
-
-    @property
-    def inferred(self) -> Inferred:
-        return self.base_cam.inferred
-
-    @property
-    def reshape_transform(self) -> Any:
-        return self.base_cam.reshape_transform
-
-    @property
-    def device(self) -> torch.device:
-        return self.base_cam.device
-
-    @property
-    def uses_gradients(self) -> bool:
-        return self.base_cam.uses_gradients
-
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[Sequence[TargetLike]] = None,
-        eigen_smooth: bool = False,
-        aug_smooth: bool = False,
-    ) -> np.ndarray:
-        return self.forward(input_tensor, targets, eigen_smooth=eigen_smooth, aug_smooth=aug_smooth)
 
     def forward(
         self,
@@ -143,13 +101,3 @@ class RefineCAM(Registered, name="refinecam"):
         copies (flips and brightness), de-augmented.
         """
         return self.base_cam.forward(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-
-    def release(self) -> None:
-        self.base_cam.release()
-
-    def __enter__(self) -> RefineCAM:
-        return self
-
-    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
-        # Never return True: an exception raised inside ``with`` always propagates.
-        self.release()

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, Inferred, TargetLike, min_max_scale
+from pytorch_cam.base_cam import TargetLike, min_max_scale
 from pytorch_cam.grad_cam import GradCAM
+from pytorch_cam.meta_cam import MetaCAM, check_base_method
 from pytorch_cam.perturbation import score_rows
-from pytorch_cam.registry import Registered
 
 
 def window_starts(length: int, step_size: int, window_size: int) -> List[int]:
@@ -120,7 +120,7 @@ class _Plan:
         return self.scale_of.numel()
 
 
-class SESS(Registered, name="sess"):
+class SESS(MetaCAM, name="sess"):
     """SESS on top of any CAM method of this package.
 
     Args:
@@ -188,11 +188,7 @@ class SESS(Registered, name="sess"):
                 raise ValueError(f"every scale must be at least the window size {window_size}, got {scales}")
         if not scale_step_ratio >= 0:
             raise ValueError(f"scale_step_ratio must be >= 0, got {scale_step_ratio!r}")
-        if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-            raise TypeError(
-                f"base_method must be a CAM class of pytorch_cam (a BaseCAM subclass such as GradCAM), "
-                f"got {base_method!r}"
-            )
+        check_base_method(base_method)
         if "progress" in inspect.signature(base_method.__init__).parameters and "progress" not in kwargs:
             kwargs["progress"] = False  # one bar for SESS, not one per batch of patches
         self.base_method = base_method
@@ -210,40 +206,12 @@ class SESS(Registered, name="sess"):
         self.batch_size = int(batch_size)
         self.progress = progress
 
-    # The base CAM's settings, for code that inspects a CAM object (e.g. the command line).
-    @property
-    def model(self) -> nn.Module:
-        return self.base_cam.model
-
-    @property
-    def target_layers(self) -> Optional[list]:
-        return self.base_cam.target_layers
-
-    @property
-    def layers(self) -> List[nn.Module]:
-        return self.base_cam.layers
-
-    @property
-    def inferred(self) -> Inferred:
-        return self.base_cam.inferred
-
-    @property
-    def reshape_transform(self) -> Any:
-        return self.base_cam.reshape_transform
-
-    @property
-    def device(self) -> torch.device:
-        return self.base_cam.device
-
     def get_scales(self, window_size: int) -> List[int]:
         """The shorter-side sizes the image is resized to, for a window of ``window_size``."""
         if self.scales is not None:
             return list(self.scales)
         step = int(round(window_size * self.scale_step_ratio))
         return [window_size + step * i for i in range(self.num_scales)]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        return self.forward(*args, **kwargs)
 
     def forward(
         self,
@@ -285,15 +253,6 @@ class SESS(Registered, name="sess"):
         if self.smooth:
             cam = gaussian_blur(cam)
         return min_max_scale(cam).detach().float().cpu().numpy()
-
-    def release(self) -> None:
-        self.base_cam.release()
-
-    def __enter__(self) -> SESS:
-        return self
-
-    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
-        self.release()
 
     # ------------------------------------------------------------------ pipeline
     def _chunks(

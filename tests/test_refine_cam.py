@@ -121,9 +121,9 @@ def test_settings_come_from_the_base_cam(tiny_cnn):
     [
         (FullGrad, ValueError, "FullGrad does not explain its target layers one by one"),
         (SobelCAM, ValueError, "SobelCAM does not explain its target layers one by one"),
-        (pytorch_grad_cam.GradCAM, TypeError, "per-layer CAM class of pytorch_cam"),
-        ("gradcam", TypeError, "per-layer CAM class of pytorch_cam"),
-        (RefineCAM, TypeError, "per-layer CAM class of pytorch_cam"),
+        (pytorch_grad_cam.GradCAM, TypeError, r"base_method must be a CAM class of pytorch_cam \(a BaseCAM subclass"),
+        ("gradcam", TypeError, r"base_method must be a CAM class of pytorch_cam \(a BaseCAM subclass"),
+        (RefineCAM, TypeError, r"base_method must be a CAM class of pytorch_cam \(a BaseCAM subclass"),
     ],
 )
 def test_bad_base_methods(tiny_cnn, base, error, match):
