@@ -33,7 +33,7 @@ from torch import nn
 
 from benchmarks.scenes import load_trained_cnn, load_trained_vit
 from pytorch_cam.methods import METHODS
-from pytorch_cam.metrics.faithfulness import evaluate_faithfulness, format_table, save_grid
+from pytorch_cam.metrics.faithfulness import DEFAULT_METHOD_KWARGS, evaluate_faithfulness, format_table, save_grid
 from pytorch_cam.utils.scenes import CLASSES, generate_scenes
 
 DEFAULT_GRID = Path(__file__).resolve().parent / "_cache" / "faithfulness_grid.png"
@@ -48,6 +48,24 @@ def load_vit() -> Tuple[nn.Module, List[nn.Module], Optional[Callable]]:
     # reshape_transform=None on purpose: the token grid (8x8 + class token) is inferred
     model = load_trained_vit()
     return model, [model.target_layer], None
+
+
+def two_layers(model: nn.Module) -> List[nn.Module]:
+    """For the methods that combine layers (RefineCAM, multi-layer AblationCAM): the target layer and the
+    one before it at the same resolution and width (CNN: the previous block's ReLU; ViT: the previous
+    block's ln_1)."""
+    if hasattr(model, "vit"):
+        return [model.vit.encoder.layers[-2].ln_1, model.target_layer]
+    return [model.features[-4], model.target_layer]
+
+
+def method_kwargs(model: nn.Module) -> Dict[str, dict]:
+    layers = two_layers(model)
+    return {
+        **DEFAULT_METHOD_KWARGS,
+        "refinecam": {"target_layers": layers},
+        "ablationcam_multilayer": {"target_layers": layers},
+    }
 
 
 #: model name -> loader returning (model, target_layers, reshape_transform)
@@ -98,6 +116,7 @@ def run(cfg: Config) -> Tuple[List[dict], Dict[str, np.ndarray], Tuple[torch.Ten
         num_examples=cfg.grid_examples,
         examples_only=cfg.grid_only,  # --grid-only: the first batch, exactly as the full run computes it
         seed=cfg.seed,
+        method_kwargs=method_kwargs(model),
         log=print_partial,  # partial results as each row finishes
     )
     k = cfg.grid_examples

@@ -84,7 +84,8 @@ def build_method(
 ):
     """Construct method ``name`` (its command-line name) with the keyword arguments its __init__
     accepts: the reshape transform, ``seed=0``, the model's ``fc`` as CAM's ``fc_layer``, no
-    progress bar and chunks of 64 for the batched methods, and ``method_kwargs[name]``."""
+    progress bar and chunks of 64 for the batched methods, and ``method_kwargs[name]`` (whose
+    ``target_layers``, if any, replaces ``target_layers`` for this method)."""
     from pytorch_cam.methods import BATCHED, METHODS  # lazily: METHODS needs the finished registry
 
     cls = METHODS[name]
@@ -93,7 +94,9 @@ def build_method(
     wanted = {"reshape_transform": reshape_transform, "seed": 0, "fc_layer": getattr(model, "fc", None)}
     if name in BATCHED:
         wanted.update(batch_size=64, progress=False)
-    wanted.update((DEFAULT_METHOD_KWARGS if method_kwargs is None else method_kwargs).get(name, {}))
+    extra = dict((DEFAULT_METHOD_KWARGS if method_kwargs is None else method_kwargs).get(name, {}))
+    target_layers = extra.pop("target_layers", target_layers)  # e.g. two layers for the layer-combining methods
+    wanted.update(extra)
     kwargs = {k: v for k, v in wanted.items() if k in params or (takes_any and k in ("batch_size", "progress"))}
     return cls(model=model, target_layers=target_layers, **kwargs)
 
