@@ -47,8 +47,11 @@ def build_model(weights: str) -> torch.nn.Module:
         return torchvision.models.resnet50(weights=None)
     try:
         return torchvision.models.resnet50(weights=torchvision.models.ResNet50_Weights.DEFAULT)
-    except Exception as err:
-        raise RuntimeError(f"could not load the pretrained weights ({err}); offline? run with --weights none") from err
+    except Exception as err:  # no network and nothing cached, or a corrupt cache: one line, no traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(
+            f"error: could not load the pretrained weights ({first}); offline? run with --weights none"
+        ) from None
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -59,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--target-layer", choices=["layer4", "layer3", "default"], default="layer4")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--target-class", type=int, default=None, help="ImageNet class to explain (default: top-1)")
-    p.add_argument("--output", default="cnn_cam.png", help="where to write the overlay PNG")
+    p.add_argument("--output", default="cam_output/cnn_cam.png", help="where to write the overlay PNG")
     p.add_argument("--device", default="cpu")
     p.add_argument("--verbose", action="store_true", help="log what pytorch_cam inferred")
     return p.parse_args(argv)
@@ -81,10 +84,14 @@ def main(argv: Optional[Sequence[str]] = None) -> np.ndarray:
         maps = cam(input_tensor=x, targets=targets)
 
     out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), show_cam_on_image(image, maps[0]))  # BGR, as cv2.imwrite expects
     print(f"wrote {out}")
     return maps
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as err:  # a missing --image-path: one line, like cam.py
+        raise SystemExit(f"error: {err}") from None

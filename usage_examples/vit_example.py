@@ -2,7 +2,7 @@
 
     python usage_examples/vit_example.py                      # ImageNet weights (downloaded once)
     python usage_examples/vit_example.py --weights none       # offline, random weights
-    python usage_examples/vit_example.py --method scorecam --output vit_scorecam.png
+    python usage_examples/vit_example.py --method scorecam --output cam_output/vit_scorecam.png
 
 The target layer is the last encoder block's first LayerNorm. Its output is tokens (B, 197, 768);
 pytorch_cam drops the class token and folds the other 196 into the 14x14 patch grid by itself
@@ -53,8 +53,11 @@ def build_model(weights: str, image_size: int) -> torch.nn.Module:
         raise SystemExit("the pretrained vit_b_16 only accepts 224x224 inputs; drop --image-size or use --weights none")
     try:
         return torchvision.models.vit_b_16(weights=torchvision.models.ViT_B_16_Weights.DEFAULT)
-    except Exception as err:
-        raise RuntimeError(f"could not load the pretrained weights ({err}); offline? run with --weights none") from err
+    except Exception as err:  # no network and nothing cached, or a corrupt cache: one line, no traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(
+            f"error: could not load the pretrained weights ({first}); offline? run with --weights none"
+        ) from None
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -64,7 +67,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--method", choices=sorted(METHODS), default="gradcam")
     p.add_argument("--image-size", type=int, default=224, help="input side; other than 224 needs --weights none")
     p.add_argument("--target-class", type=int, default=None, help="ImageNet class to explain (default: top-1)")
-    p.add_argument("--output", default="vit_cam.png", help="where to write the overlay PNG")
+    p.add_argument("--output", default="cam_output/vit_cam.png", help="where to write the overlay PNG")
     p.add_argument("--device", default="cpu")
     p.add_argument("--verbose", action="store_true", help="log what pytorch_cam inferred")
     return p.parse_args(argv)
@@ -87,10 +90,14 @@ def main(argv: Optional[Sequence[str]] = None) -> np.ndarray:
         maps = cam(input_tensor=x, targets=targets)
 
     out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), show_cam_on_image(image, maps[0]))  # BGR, as cv2.imwrite expects
     print(f"wrote {out}")
     return maps
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as err:  # a missing --image-path: one line, like cam.py
+        raise SystemExit(f"error: {err}") from None
