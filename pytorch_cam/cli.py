@@ -15,9 +15,11 @@ import difflib
 import inspect
 import os
 import pickle
+import re
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -98,11 +100,17 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="cam.py",
+        # prog=None: argparse names the program as it was started (cam.py or pytorch-cam)
         description="Class activation map of a torchvision classifier's prediction on an image.",
     )
     p.add_argument("--image-path", default=str(DEFAULT_IMAGE), help="input image (default: the bundled cat photo)")
-    p.add_argument("--method", default="gradcam", choices=list(METHODS), help="CAM method (default: gradcam)")
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        choices=[*METHODS, "all"],
+        help="CAM method (default: gradcam); 'all' runs every method and writes a grid of their maps, "
+        "the slow ones with CSKIP-16 (or 1%% of the channels for multi-layer Ablation-CAM)",
+    )
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--use-cuda", action="store_true", help="run on the GPU (same as --device cuda)")
     dev.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
@@ -141,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--output-dir {str(out)!r} is a file, not a folder; pass a folder (it is created if missing)")
+    if args.method == "all":
+        if args.cskip is not None or args.batch_size is not None:
+            raise CLIError("--method all chooses each method's settings itself; drop --cskip and --batch-size")
+        return
     method_cls = METHODS[args.method]
     if args.cskip is not None and "cskip" not in inspect.signature(method_cls.__init__).parameters:
         takes = [n for n, c in METHODS.items() if "cskip" in inspect.signature(c.__init__).parameters]
@@ -184,8 +199,18 @@ def _read_state_dict(path: str) -> Dict[str, Any]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a pickled class: torch.save(model, PATH), not its state dict
+            raise CLIError(
+                f"--weights {path!r} holds a pickled object (e.g. a whole model saved with torch.save(model, PATH)), "
+                "not a state dict; save one with torch.save(model.state_dict(), PATH)"
+            ) from None
         raise CLIError(f"could not read --weights {path!r} as a torch state dict: {_first_line(e)}") from None
+    except Exception as e:  # a file that is no torch checkpoint at all fails in many ways (KeyError, ...)
+        raise CLIError(
+            f"could not read --weights {path!r} as a torch state dict ({type(e).__name__}: {_first_line(e)}); "
+            "save one with torch.save(model.state_dict(), PATH)"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # a training checkpoint that wraps the state dict
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
@@ -196,9 +221,27 @@ def _read_state_dict(path: str) -> Dict[str, Any]:
     return obj
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = _ANSI.sub("", str(e)).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _mismatch_summary(model: nn.Module, state: Dict[str, Any]) -> str:
+    """What does not fit between a state dict and a model, in one short line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if keys:
+            shown = ", ".join(repr(k) for k in keys[:2]) + (", ..." if len(keys) > 2 else "")
+            parts.append(f"{len(keys)} key(s) {what} ({shown})")
+    return "; ".join(parts) or "the tensors do not load"
 
 
 def load_model(arch: str, weights: str) -> nn.Module:
@@ -226,11 +269,11 @@ def load_model(arch: str, weights: str) -> nn.Module:
     model = torchvision.models.get_model(arch, weights=None)
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        details = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        first = details[0] if details else _first_line(e)
-        more = f" (and {len(details) - 1} more problems)" if len(details) > 1 else ""
-        raise CLIError(f"--weights {weights!r} does not fit --arch {arch}: {first}{more}") from None
+    except RuntimeError:
+        raise CLIError(
+            f"--weights {weights!r} does not fit --arch {arch}: {_mismatch_summary(model, state)}; pass the "
+            "architecture the weights were trained with"
+        ) from None
     return model
 
 
@@ -290,14 +333,74 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--target-class {target} is outside the model's {n} classes (valid: 0..{n - 1})")
     print(f"explaining class {target} ({names[target]}) with {args.method}")
 
-    method_cls = METHODS[args.method]
-    kwargs: Dict[str, Any] = {}
-    if args.method in BATCHED and args.batch_size is not None:
-        kwargs["batch_size"] = args.batch_size
-    if args.cskip is not None:
-        kwargs["cskip"] = args.cskip
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    h, w = rgb.shape[:2]
+    out = Path(args.output_dir)
     try:
-        cam_obj = method_cls(model=model, target_layers=default_target_layers(model, args.arch), **kwargs)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"could not create --output-dir {str(out)!r}: {e.strerror or e}") from None
+    image_stem = Path(args.image_path).stem
+    gb = GuidedBackpropReLUModel(model)(x, target_category=target)
+    gb = cv2.resize(gb, (w, h), interpolation=cv2.INTER_LINEAR)
+    paths = {"guided backprop": out / f"{image_stem}_gb.png"}
+    # Guided backprop is RGB-ordered like the input; OpenCV writes BGR.
+    _write(paths["guided backprop"], cv2.cvtColor(deprocess_image(gb), cv2.COLOR_RGB2BGR))
+    tiles = []
+    for name in methods:
+        kwargs, note = _method_kwargs(args, name, grid=args.method == "all")
+        start = time.perf_counter()
+        mask = _explain(args, model, x, target, name, kwargs, (h, w))
+        seconds = time.perf_counter() - start
+        stem = f"{image_stem}_{name}"
+        overlay = show_cam_on_image(rgb, mask, use_rgb=True)
+        paths[f"{name} overlay"] = out / f"{stem}.png"
+        paths[f"{name} map"] = out / f"{stem}.npy"
+        paths[f"{name} guided cam"] = out / f"{stem}_cam_gb.png"
+        _write(paths[f"{name} overlay"], cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        np.save(paths[f"{name} map"], mask)
+        _write(paths[f"{name} guided cam"], cv2.cvtColor(deprocess_image(mask[..., None] * gb), cv2.COLOR_RGB2BGR))
+        tiles.append((f"{name}{note}", seconds, overlay))
+        if args.method == "all":
+            print(f"  {name}{note}: {seconds:.2f} s", flush=True)
+    if args.method == "all":
+        paths["grid of every method"] = out / f"{image_stem}_all.png"
+        _write(paths["grid of every method"], cv2.cvtColor(method_grid(tiles), cv2.COLOR_RGB2BGR))
+    for what, path in paths.items():
+        print(f"wrote {what}: {path}")
+    return 0
+
+
+#: in --method all, the slow methods run with these settings (and the grid says so)
+GRID_FAST = {
+    "scorecam": ({"cskip": 16}, " (CSKIP-16)"),
+    "sscam": ({"cskip": 16}, " (CSKIP-16)"),
+    "iscam": ({"cskip": 16}, " (CSKIP-16)"),
+    "ablationcam_multilayer": ({"ratio_channels_to_ablate": 0.01}, " (1% of channels)"),
+}
+
+
+def _method_kwargs(args: argparse.Namespace, name: str, grid: bool) -> Tuple[Dict[str, Any], str]:
+    if grid:
+        kwargs, note = GRID_FAST.get(name, ({}, ""))
+        kwargs = dict(kwargs)
+    else:
+        kwargs, note = {}, ""
+        if args.batch_size is not None:
+            kwargs["batch_size"] = args.batch_size
+        if args.cskip is not None:
+            kwargs["cskip"] = args.cskip
+    if name in BATCHED and "progress" in inspect.signature(METHODS[name].__init__).parameters:
+        kwargs.setdefault("progress", not grid)
+    return kwargs, note
+
+
+def _explain(
+    args: argparse.Namespace, model: nn.Module, x: torch.Tensor, target: int, name: str, kwargs: Dict[str, Any], size
+) -> np.ndarray:
+    """The map of ``name`` for ``target``, at the photo's size (H, W), float32 in [0, 1]."""
+    try:
+        cam_obj = METHODS[name](model=model, target_layers=default_target_layers(model, args.arch), **kwargs)
     except ValueError as e:  # e.g. an out-of-range --cskip, checked by the method itself
         raise CLIError(_first_line(e)) from None
     with cam_obj as cam:
@@ -307,32 +410,27 @@ def run(args: argparse.Namespace) -> int:
             aug_smooth=args.aug_smooth,
             eigen_smooth=args.eigen_smooth,
         )
-    h, w = rgb.shape[:2]
-    mask = np.clip(cv2.resize(maps[0], (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+    h, w = size
+    return np.clip(cv2.resize(maps[0], (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
 
-    gb = GuidedBackpropReLUModel(model)(x, target_category=target)
-    gb = cv2.resize(gb, (w, h), interpolation=cv2.INTER_LINEAR)
 
-    out = Path(args.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"could not create --output-dir {str(out)!r}: {e.strerror or e}") from None
-    stem = f"{Path(args.image_path).stem}_{args.method}"
-    paths = {
-        "overlay": out / f"{stem}.png",
-        "map": out / f"{stem}.npy",
-        "guided backprop": out / f"{Path(args.image_path).stem}_gb.png",
-        "guided cam": out / f"{stem}_cam_gb.png",
-    }
-    _write(paths["overlay"], cv2.cvtColor(show_cam_on_image(rgb, mask, use_rgb=True), cv2.COLOR_RGB2BGR))
-    np.save(paths["map"], mask)
-    # Guided backprop is RGB-ordered like the input; OpenCV writes BGR.
-    _write(paths["guided backprop"], cv2.cvtColor(deprocess_image(gb), cv2.COLOR_RGB2BGR))
-    _write(paths["guided cam"], cv2.cvtColor(deprocess_image(mask[..., None] * gb), cv2.COLOR_RGB2BGR))
-    for what, path in paths.items():
-        print(f"wrote {what}: {path}")
-    return 0
+def method_grid(tiles: List[Tuple[str, float, np.ndarray]], columns: int = 5, width: int = 240) -> np.ndarray:
+    """One RGB image of every map: each overlay under its method's name and run time."""
+    band = 28
+    cells = []
+    for title, seconds, overlay in tiles:
+        h, w = overlay.shape[:2]
+        tile = cv2.resize(overlay, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+        head = np.full((band, width, 3), 255, np.uint8)
+        text = f"{title} {seconds:.2f}s"
+        scale = min(0.5, 0.5 * (width - 8) / max(1, cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)[0][0]))
+        cv2.putText(head, text, (4, band - 9), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cells.append(np.concatenate([head, tile]))
+    height = max(c.shape[0] for c in cells)
+    cells = [np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0)), constant_values=255) for c in cells]
+    cells += [np.full_like(cells[0], 255)] * (-len(cells) % columns)
+    rows = [np.concatenate(cells[i : i + columns], axis=1) for i in range(0, len(cells), columns)]
+    return np.concatenate(rows, axis=0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

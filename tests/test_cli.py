@@ -40,7 +40,7 @@ def test_bundled_photo_is_a_real_photo() -> None:
 
 def test_method_choices_come_from_registry() -> None:
     action = next(a for a in build_parser()._actions if a.dest == "method")
-    assert list(action.choices) == list(METHODS)
+    assert list(action.choices) == [*METHODS, "all"]
 
 
 def test_end_to_end_random_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -217,3 +217,63 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_readme_run_command_uses_the_cli_offline() -> None:
     cmd = _readme_command("run-command")
     assert "cam.py --weights none" in cmd and "torch==2.14.1 torchvision==0.29.1" in cmd
+
+
+def test_weights_errors_are_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    whole = tmp_path / "whole.pt"
+    torch.save(torchvision.models.resnet18(weights=None), whole)  # the model object, not its state dict
+    assert main([*ARCH, "--weights", str(whole), "--output-dir", str(tmp_path)]) == 2
+    line = _one_error_line(capsys, "holds a pickled object", "torch.save(model.state_dict(), PATH)")
+    assert "\x1b" not in line and len(line) < 300
+    not_a_dict = tmp_path / "bytes.pt"
+    not_a_dict.write_bytes(bytes(range(256)) * 8)
+    assert main([*ARCH, "--weights", str(not_a_dict), "--output-dir", str(tmp_path)]) == 2
+    _one_error_line(capsys, "could not read --weights")
+    other = tmp_path / "r50.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), other)
+    assert main([*ARCH, "--weights", str(other), "--output-dir", str(tmp_path)]) == 2
+    line = _one_error_line(capsys, "does not fit --arch resnet18", "key(s) unexpected", "of another shape")
+    assert len(line) < 400, len(line)
+
+
+def test_output_dir_that_is_a_file_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    file = tmp_path / "taken"
+    file.write_text("")
+    # An unknown architecture would be reported later: the output check comes first.
+    assert main(["--arch", "resnet19", "--output-dir", str(file)]) == 2
+    _one_error_line(capsys, "is a file, not a folder")
+
+
+def test_help_names_the_program_as_started(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["/usr/bin/pytorch-cam", "--help"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args()
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pytorch-cam") and "auto" in out
+
+
+def test_method_all_writes_every_map_and_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(
+            [
+                "--arch",
+                "resnet18",
+                "--weights",
+                "none",
+                "--input-size",
+                "48",
+                "--method",
+                "all",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    for name in METHODS:
+        assert (tmp_path / f"chelsea_{name}.npy").is_file(), name
+        assert f"  {name}" in out
+    assert "scorecam (CSKIP-16)" in out
+    grid = cv2.imread(str(tmp_path / "chelsea_all.png"))
+    assert grid is not None and grid.shape[1] == 5 * 240 and grid.shape[0] >= (len(METHODS) // 5) * 28
