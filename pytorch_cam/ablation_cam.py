@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pytorch_cam.base_cam import LayerContext, logger
-from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, top_channels
+from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
 from pytorch_cam.utils.fx_split import TailSplit, split_after
 
 
@@ -63,13 +63,8 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
                 "ablation_layer is not needed: pytorch_cam ablates the target layer's output "
                 "directly (channel dim 1, or the last dim with a reshape_transform); drop the argument"
             )
-        if not 0.0 < ratio_channels_to_ablate <= 1.0:
-            raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}")
-        self.ratio_channels_to_ablate = ratio_channels_to_ablate
+        self.ratio_channels_to_ablate = check_ratio(ratio_channels_to_ablate)
         self._splits: Dict[int, Optional[TailSplit]] = {}  # id(layer) -> split, None: not splittable
-
-    def _channel_dim(self, raw: torch.Tensor, index: int) -> int:
-        return 1 if self.layer_reshape_transform(index) is None else raw.ndim - 1
 
     def run_with_layer_output(self, layer: nn.Module, input_rows: torch.Tensor, new_output: torch.Tensor) -> Any:
         """Model outputs when ``layer`` produces ``new_output`` instead of its own result."""
@@ -172,7 +167,7 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
 
     def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
         raw, activations = ctx.raw_activations, ctx.activations
-        dim = self._channel_dim(raw, ctx.index)
+        dim = self.channel_dim(raw, ctx.index)
         b, c = activations.shape[:2]
         if raw.shape[dim] != c:
             raise ValueError(
@@ -191,6 +186,4 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
                 new = raw[b_idx]  # advanced indexing already copies: a .clone() would copy every row twice
                 new.movedim(dim, 1)[torch.arange(b_idx.numel(), device=new.device), c_idx] = 0
                 ablated[b_idx, c_idx] = self.score_rows(run(b_idx, new), ctx.targets, b_idx).to(ablated.dtype)
-        original = original[:, None]
-        safe = torch.where(original.abs() < 1e-12, torch.full_like(original, 1e-12), original)
-        return ((original - ablated) / safe).clone()
+        return relative_drop(original, ablated)

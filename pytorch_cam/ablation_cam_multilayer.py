@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pytorch_cam.base_cam import CallState, LayerContext
-from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, top_channels
+from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
 
 
 class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
@@ -48,12 +48,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
             progress=progress,
             device=device,
         )
-        if not 0.0 < ratio_channels_to_ablate <= 1.0:
-            raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}")
-        self.ratio_channels_to_ablate = ratio_channels_to_ablate
-
-    def _channel_dim(self, raw: torch.Tensor, index: int) -> int:
-        return 1 if self.layer_reshape_transform(index) is None else raw.ndim - 1
+        self.ratio_channels_to_ablate = check_ratio(ratio_channels_to_ablate)
 
     def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
         if "multilayer_weights" not in ctx.call.cache:
@@ -70,7 +65,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
                 f"multi-layer Ablation-CAM ablates channel k in every target layer at once, so the layers need the "
                 f"same number of channels; got {listing}. Choose layers of one width, or use AblationCAM per layer"
             )
-        dims = [self._channel_dim(c.raw_activations, c.index) for c in contexts]
+        dims = [self.channel_dim(c.raw_activations, c.index) for c in contexts]
         first = contexts[0].activations
         b, c = first.shape[:2]
         keep = top_channels(first, max(1, round(self.ratio_channels_to_ablate * c)), "max")
@@ -82,9 +77,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
             for b_idx, c_idx in self.pair_chunks(keep, key, math.prod(x.shape[2:])):
                 outputs = self.run_ablated(x[b_idx], c_idx, dims)
                 ablated[b_idx, c_idx] = self.score_rows(outputs, call.targets, b_idx).to(ablated.dtype)
-        original = original[:, None]
-        safe = torch.where(original.abs() < 1e-12, torch.full_like(original, 1e-12), original)
-        return ((original - ablated) / safe).clone()
+        return relative_drop(original, ablated)
 
     def run_ablated(self, rows: torch.Tensor, channels: torch.Tensor, dims: List[int]) -> Any:
         """Model outputs for ``rows`` with, in row j, channel ``channels[j]`` zeroed in every target layer."""

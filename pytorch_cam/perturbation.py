@@ -80,6 +80,19 @@ def score_rows(outputs: Any, targets: Sequence, image_index: torch.Tensor) -> to
     return torch.stack([target_score(targets[b], outputs[j]) for j, b in enumerate(rows)])
 
 
+def check_ratio(ratio_channels_to_ablate: float) -> float:
+    if not 0.0 < ratio_channels_to_ablate <= 1.0:
+        raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}")
+    return ratio_channels_to_ablate
+
+
+def relative_drop(original: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
+    """Ablation weights (y - y_k) / y for original scores (B,) and ablated ones (B, C)."""
+    original = original[:, None]
+    safe = torch.where(original.abs() < 1e-12, torch.full_like(original, 1e-12), original)
+    return ((original - ablated) / safe).clone()
+
+
 class PerturbationCAM(BaseCAM):
     """Base of the methods whose channel weights come from scoring perturbed inputs.
 
@@ -110,6 +123,10 @@ class PerturbationCAM(BaseCAM):
         self.auto_batch_sizes: Dict[Any, int] = {}
 
     score_rows = staticmethod(score_rows)
+
+    def channel_dim(self, raw: torch.Tensor, index: int) -> int:
+        """The channel dimension of target layer ``index``'s raw output: 1, or the last one for token layouts."""
+        return 1 if self.layer_reshape_transform(index) is None else raw.ndim - 1
 
     def fixed_chunk_size(self) -> Optional[int]:
         """The chunk size to use without timing (None: let ``"auto"`` measure). Override to pin it."""
