@@ -219,6 +219,8 @@ class BaseCAM(Registered):
     always_project: bool = False
     #: keep the gradients attached to the graph (second-order methods, e.g. ShapleyCAM)
     create_graph: bool = False
+    #: how messages name the method (a meta-method's variant of its base method says what it is)
+    display_name: str = property(lambda self: type(self).__name__)  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -337,7 +339,7 @@ class BaseCAM(Registered):
             cam = self._forward_augmented(x, targets, eigen_smooth)
         else:
             cam = self.forward_tensor(x, targets, eigen_smooth)
-        warn_if_all_zero(cam, type(self).__name__)
+        warn_if_all_zero(cam, self.display_name)
         return cam.detach().float().cpu().numpy()
 
     def ensure_layers(self, x: torch.Tensor) -> List[nn.Module]:

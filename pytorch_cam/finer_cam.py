@@ -161,6 +161,7 @@ def finer_variant(base_method: type) -> type:
             return resolve_requests(super()._resolve_targets(targets, outputs, n), outputs)
 
     Variant.__name__ = Variant.__qualname__ = f"Finer{base_method.__name__}"
+    Variant.display_name = f"FinerCAM({base_method.__name__})"
     Variant.__module__ = __name__
     return Variant
 

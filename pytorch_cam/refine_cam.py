@@ -58,6 +58,7 @@ def refine_variant(base_method: type) -> type:
             return torch.stack(maps, dim=1).prod(dim=1)
 
     Variant.__name__ = Variant.__qualname__ = f"Refine{base_method.__name__}"
+    Variant.display_name = f"RefineCAM({base_method.__name__})"
     Variant.__module__ = __name__
     return Variant
 
