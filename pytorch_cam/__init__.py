@@ -9,6 +9,7 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from pytorch_cam.base_cam import BaseCAM, LayerContext  # noqa: F401
+from pytorch_cam.feature_factorization import DeepFeatureFactorization, run_dff_on_image  # noqa: F401
 from pytorch_cam.guided_backprop import GuidedBackpropReLUModel  # noqa: F401
 from pytorch_cam.perturbation import PerturbationCAM  # noqa: F401
 from pytorch_cam.registry import REGISTRY as _REGISTRY
@@ -25,6 +26,13 @@ globals().update({_cls.__name__: _cls for _cls in _REGISTRY.values()})
 __version__ = "0.1.0"
 
 __all__ = sorted(
-    {"BaseCAM", "GuidedBackpropReLUModel", "LayerContext", "PerturbationCAM"}
+    {
+        "BaseCAM",
+        "DeepFeatureFactorization",
+        "GuidedBackpropReLUModel",
+        "LayerContext",
+        "PerturbationCAM",
+        "run_dff_on_image",
+    }
     | {_cls.__name__ for _cls in _REGISTRY.values()}
 )
