@@ -277,3 +277,12 @@ def test_method_all_writes_every_map_and_a_grid(tmp_path: Path, capsys: pytest.C
     assert "scorecam (CSKIP-16)" in out
     grid = cv2.imread(str(tmp_path / "chelsea_all.png"))
     assert grid is not None and grid.shape[1] == 5 * 240 and grid.shape[0] >= (len(METHODS) // 5) * 28
+
+
+def test_missing_image_prints_only_our_line_even_at_the_file_descriptor(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    # OpenCV's imread writes "[ WARN ... findDecoder ...]" to fd 2 itself, past sys.stderr.
+    assert main([*ARCH, "--weights", "none", "--image-path", str(tmp_path / "nope.png")]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --image-path") and "WARN" not in err

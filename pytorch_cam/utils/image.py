@@ -26,7 +26,13 @@ __all__ = [
 
 def load_image(path: str) -> np.ndarray:
     """Read an image file as float32 RGB in [0, 1] (H, W, 3)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # Decoding bytes we read ourselves keeps OpenCV quiet: cv2.imread prints its own "[ WARN ...
+    # findDecoder ...]" line to stderr before we could report the problem in one line.
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        data = np.zeros(0, np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise FileNotFoundError(
             f"could not read an image from {str(path)!r}: the file is missing or not an image "
