@@ -286,3 +286,11 @@ def test_missing_image_prints_only_our_line_even_at_the_file_descriptor(
     assert main([*ARCH, "--weights", "none", "--image-path", str(tmp_path / "nope.png")]) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --image-path") and "WARN" not in err
+
+
+def test_an_all_zero_map_is_not_silent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # torchvision zero-initialises the ViT head: with random weights every score is the same, so the map is empty.
+    with caplog.at_level("WARNING", logger="pytorch_cam"):
+        assert main(["--arch", "vit_b_16", "--weights", "none", "--output-dir", str(tmp_path)]) == 0
+    assert "returned an all-zero map" in caplog.text
+    assert not np.load(tmp_path / "chelsea_gradcam.npy").any()
