@@ -13,7 +13,6 @@ and names are meaningless: the picture shows the pipeline, not what a trained Re
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,7 +25,7 @@ from pytorch_cam.feature_factorization import run_dff_on_image
 from pytorch_cam.utils.image import load_image, preprocess_image
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "chelsea.png"
-DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "pytorch_cam_dff"
+DEFAULT_OUTPUT_DIR = Path("cam_output")  # like the other examples and cam.py (git-ignored)
 
 
 def load_rgb(path: Optional[str], size: int) -> np.ndarray:
