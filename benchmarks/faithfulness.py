@@ -140,6 +140,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--grid-only", action="store_true", help="only draw the grid (the first batch's maps), no metrics"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--sdpa-math",
+        action="store_true",
+        help="attention through PyTorch's plain (math) kernel, which has second derivatives (ShapleyCAM on the ViT)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +160,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         grid=args.grid or DEFAULT_GRID.with_name(f"faithfulness_grid_{args.model}.png"),
         grid_only=args.grid_only,
     )
-    rows, examples, scenes = run(cfg)
+    if args.sdpa_math:  # process-wide, which is fine in this script
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            rows, examples, scenes = run(cfg)
+    else:
+        rows, examples, scenes = run(cfg)
     if not cfg.grid_only:
         print(
             f"{cfg.n} scenes (seed {cfg.seed}), model {cfg.model}, torch {torch.__version__}, "

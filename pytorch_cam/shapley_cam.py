@@ -37,10 +37,22 @@ def hessian_vector_product(ctx: LayerContext) -> Optional[torch.Tensor]:
     grads, acts = ctx.raw_grads, ctx.raw_activations
     if grads is None or not grads.requires_grad or not torch.is_tensor(acts) or not acts.requires_grad:
         return None
-    with torch.enable_grad():
-        # retain_graph: the next target layer's product may run through the same part of the graph;
-        # it is freed with the call's state when the call returns.
-        (hvp,) = torch.autograd.grad(grads, acts, grad_outputs=acts.detach(), retain_graph=True, allow_unused=True)
+    try:
+        with torch.enable_grad():
+            # retain_graph: the next target layer's product may run through the same part of the graph;
+            # it is freed with the call's state when the call returns.
+            (hvp,) = torch.autograd.grad(grads, acts, grad_outputs=acts.detach(), retain_graph=True, allow_unused=True)
+    except RuntimeError as err:
+        if "derivative for" not in str(err) or "not implemented" not in str(err):
+            raise
+        # Fused kernels (e.g. scaled_dot_product_attention's flash/efficient attention) have no
+        # second derivative. Switching kernels is process-wide, so it is the caller's choice, not ours.
+        raise RuntimeError(
+            "ShapleyCAM needs second derivatives, but an operation after the target layer has none in PyTorch "
+            f"({str(err).splitlines()[0]}). For attention models, run the call inside "
+            "`with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):` (note: that setting is "
+            "process-wide), or use GradCAM, whose weights ShapleyCAM corrects"
+        ) from err
     if hvp is None:
         return None
     return ctx.reshape(hvp)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 import pytorch_cam as pc
@@ -210,3 +211,17 @@ def test_registered_and_errors(tiny_cnn):
         pc.ShapleyCAM(model, [model.features], uses_gradients=False)
     with pytest.raises(ValueError, match="target_layers is empty"):
         pc.ShapleyCAM(model, [])
+
+
+def test_fused_attention_without_a_second_derivative_gets_a_clear_error():
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    layer = vit.encoder.layers[0].ln_1
+    targets = [ClassifierOutputReST(1)] * 2
+    with pytest.raises(RuntimeError, match=r"needs second derivatives.*SDPBackend.MATH"):
+        pc.ShapleyCAM(vit, [layer])(x, targets)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        assert pc.ShapleyCAM(vit, [layer])(x, targets).shape == (2, 32, 32)
