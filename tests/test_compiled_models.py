@@ -57,7 +57,9 @@ def test_ablationcam_on_timm_swin_with_a_batch_larger_than_one():
     ).eval()
     layer = swin.layers[-1].blocks[-1].norm1
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    batch = AblationCAM(swin, [layer], batch_size=4, progress=False)(x, [1, 2, 3])
+    # A few channels suffice (the hook path runs the whole Swin per ablated channel); each image keeps its own top ones.
+    kwargs = {"ratio_channels_to_ablate": 0.05, "progress": False}
+    batch = AblationCAM(swin, [layer], batch_size=4, **kwargs)(x, [1, 2, 3])
     for i, t in enumerate([1, 2, 3]):
-        single = AblationCAM(swin, [layer], progress=False)(x[i : i + 1], [t])
+        single = AblationCAM(swin, [layer], **kwargs)(x[i : i + 1], [t])
         np.testing.assert_allclose(batch[i], single[0], atol=1e-4)
