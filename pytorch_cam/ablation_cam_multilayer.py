@@ -20,7 +20,7 @@ channels last). With one target layer the map is Ablation-CAM's.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -30,15 +30,23 @@ from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_
 
 
 class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
+    """Ablation-CAM whose channel k is ablated in all target layers at once (they must share C).
+
+    Args (besides ``PerturbationCAM``'s):
+        ratio_channels_to_ablate: fraction of the channels to ablate, per image; the ones with the
+            largest maximum activation in the *first* target layer are chosen (one ranking, since a
+            channel is ablated in every layer together), the others get weight 0.
+    """
+
     def __init__(
         self,
         model: nn.Module,
-        target_layers,
-        reshape_transform=None,
+        target_layers: Union[Sequence[nn.Module], nn.Module, None],
+        reshape_transform: Optional[Callable[..., torch.Tensor]] = None,
         batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
         ratio_channels_to_ablate: float = 1.0,
         progress: bool = True,
-        device=None,
+        device: Union[str, torch.device, None] = None,
     ) -> None:
         super().__init__(
             model,
@@ -51,6 +59,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
         self.ratio_channels_to_ablate = check_ratio(ratio_channels_to_ablate)
 
     def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
+        # One set of weights serves every layer: computed on the first layer's turn, then reused.
         if "multilayer_weights" not in ctx.call.cache:
             ctx.call.cache["multilayer_weights"] = self.ablation_weights(ctx.call)
         return ctx.call.cache["multilayer_weights"]
@@ -66,6 +75,15 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
                 f"same number of channels; got {listing}. Choose layers of one width, or use AblationCAM per layer"
             )
         dims = [self.channel_dim(c.raw_activations, c.index) for c in contexts]
+        for ctx, dim in zip(contexts, dims):
+            raw = ctx.raw_activations
+            if raw.shape[dim] != counts[0]:
+                # The hooks zero the raw output along ``dim``; another width there would ablate the wrong thing.
+                raise ValueError(
+                    f"multi-layer Ablation-CAM could not map the {counts[0]} channels of target layer "
+                    f"{self._layer_name(ctx.index)}'s reshaped activations to its output {tuple(raw.shape)} "
+                    f"(expected {counts[0]} along dim {dim}); the reshape_transform must keep channels last"
+                )
         first = contexts[0].activations
         b, c = first.shape[:2]
         keep = top_channels(first, max(1, round(self.ratio_channels_to_ablate * c)), "max")
