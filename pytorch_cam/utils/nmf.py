@@ -104,10 +104,13 @@ def nmf(
     if V.shape[0] == 1:  # a lone matrix: the 2-D kernels are cheaper
         V, W, H = V[0], W[0], H[0]
     # Rows of Wt are the columns of W, so both half-sweeps update contiguous rows.
-    with torch.no_grad():
+    # inference_mode, not no_grad: the sweeps are dozens of tiny ops, and skipping autograd's version
+    # bookkeeping saves ~20 % on small matrices. The results are cloned out of inference mode so
+    # callers may use them freely (in place, or in autograd).
+    with torch.inference_mode():
         Wt, H, n_iter = _hals(V, W.mT.contiguous(), H.contiguous(), max_iter, tol, check_every, extrapolate)
-    W = Wt.mT.to(out_dtype)
-    H = H.to(out_dtype)
+    W = Wt.mT.to(out_dtype).clone()
+    H = H.to(out_dtype).clone()
     if W.ndim == 2 and not squeeze:
         W, H = W[None], H[None]
     return (W, H, n_iter) if return_n_iter else (W, H)
