@@ -219,8 +219,6 @@ class BaseCAM(Registered):
     always_project: bool = False
     #: keep the gradients attached to the graph (second-order methods, e.g. ShapleyCAM)
     create_graph: bool = False
-    #: how messages name the method (a meta-method's variant of its base method says what it is)
-    display_name: str = property(lambda self: type(self).__name__)  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -234,15 +232,13 @@ class BaseCAM(Registered):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        eager = eager_model(model)
-        if eager is not model:
+        if eager_model(model) is not model:
             logger.info(
                 "%s: the model is compiled (torch.compile); explaining its original module eagerly, since compiled "
                 "code ignores the hooks a CAM needs. The maps are those of the same function and weights",
                 type(self).__name__,
             )
-        model = eager
-        self.model = model
+        self.model = model = eager_model(model)
         self.inferred = Inferred()
         if isinstance(target_layers, nn.Module):
             target_layers = [target_layers]
@@ -272,6 +268,11 @@ class BaseCAM(Registered):
             self.uses_gradients = uses_gradients
         self.tta_transforms = tta_transforms
         self.device = resolve_device(device, model)
+
+    @property
+    def display_name(self) -> str:
+        """How messages name the method (a meta-method's variant of its base method overrides it)."""
+        return type(self).__name__
 
     @property
     def layers(self) -> List[nn.Module]:
