@@ -20,6 +20,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.func import functional_call
 
 from pytorch_cam.base_cam import min_max_scale, resize_maps
 
@@ -186,6 +187,20 @@ def acts_and_grads():
     """``acts_and_grads(model, layer, x, classes)``: the layer's output and the gradient of each
     image's class score with respect to it, computed independently of pytorch_cam."""
     return _acts_and_grads
+
+
+class FrozenWeights(nn.Module):
+    """A shared model run with detached weights: the peer's backward then computes no parameter
+    gradients (500 MB for vgg11) and leaves no ``.grad`` on the session fixture."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "model", model)  # not a submodule: its parameters are not ours
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # the peer reads its device from here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = {name: p.detach() for name, p in self.model.named_parameters()}
+        return functional_call(self.model, weights, (x.detach().requires_grad_(),))
 
 
 def pearson_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.func import functional_call
+from conftest import FrozenWeights
 
 from pytorch_cam import FEM, FullGrad, GradCAM, GradCAMPlusPlus, RefineCAM, ScoreCAM, SobelCAM
 from pytorch_cam.cli import default_target_layers
@@ -141,20 +140,6 @@ def test_base_method_errors_propagate(tiny_cnn):
 
 
 # ---------------------------------------------------------------- parity with pytorch-grad-cam 1.5.7
-class FrozenWeights(nn.Module):
-    """A shared model run with detached weights: the peer's backward then computes no parameter
-    gradients (500 MB for vgg11) and leaves no ``.grad`` on the session fixture."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        object.__setattr__(self, "model", model)  # not a submodule: its parameters are not ours
-        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # the peer reads its device from here
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {name: p.detach() for name, p in self.model.named_parameters()}
-        return functional_call(self.model, weights, (x.detach().requires_grad_(),))
-
-
 def peer_maps(model, layers, x, classes, base):
     cam = PeerRefineCAM(FrozenWeights(model), layers, base_method=getattr(pytorch_grad_cam, base.__name__))
     return cam(x, [PeerTarget(c) for c in classes])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import FrozenWeights
 from torch import nn
-from torch.func import functional_call
 
 from pytorch_cam import EigenCAM, SegEigenCAM
 from pytorch_cam.methods import METHODS
@@ -145,20 +145,6 @@ def test_segmentation_needs_explicit_targets():
 
 
 # ---------------------------------------------------------------- parity with pytorch-grad-cam 1.5.7
-class FrozenWeights(nn.Module):
-    """A shared model run with detached weights: the peer's backward then computes no parameter
-    gradients (500 MB for vgg11) and leaves no ``.grad`` on the session fixture."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        object.__setattr__(self, "model", model)  # not a submodule: its parameters are not ours
-        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # the peer reads its device from here
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {name: p.detach() for name, p in self.model.named_parameters()}
-        return functional_call(self.model, weights, (x.detach().requires_grad_(),))
-
-
 def peer_maps(model, layer, x, targets):
     cam = pytorch_grad_cam.SegEigenCAM(model=FrozenWeights(model), target_layers=[layer])
     return cam(input_tensor=x, targets=targets)
