@@ -35,7 +35,8 @@ from torch import nn
 
 from pytorch_cam.base_cam import LayerContext, logger
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
-from pytorch_cam.utils.fx_split import TailSplit, split_after
+from pytorch_cam.utils.fx_split import TailSplit, pooled_linear_head, split_after
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 
 
 class AblationCAM(PerturbationCAM, name="ablationcam"):
@@ -165,6 +166,15 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
 
         return run
 
+    def _closed_form_head(self, ctx: LayerContext, dim: int) -> Optional[nn.Linear]:
+        """The linear head when the verified fx tail is pooling + linear and every target is a plain logit."""
+        split = self._splits.get(id(ctx.layer))
+        if split is None or not split.verified or dim != 1 or ctx.raw_activations.ndim != 4:
+            return None
+        if not all(type(t) is ClassifierOutputTarget for t in ctx.targets):
+            return None
+        return pooled_linear_head(split)
+
     def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
         raw, activations = ctx.raw_activations, ctx.activations
         dim = self.channel_dim(raw, ctx.index)
@@ -180,6 +190,14 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         ablated = original[:, None].expand(b, c).clone()  # skipped channels: no drop, weight 0
         with torch.inference_mode():
             run = self._tail_runner(ctx)
+            head = self._closed_form_head(ctx, dim)
+            if head is not None:
+                # Tail = global average pooling + flatten + linear: zeroing channel k lowers class c's logit by
+                # exactly W[c, k] * mean(A_k), so no ablated copy needs to be built or run.
+                cats = torch.tensor([t.category for t in ctx.targets], device=raw.device) % head.out_features
+                drop = head.weight[cats].to(raw.dtype) * raw.mean(dim=tuple(range(2, raw.ndim)))
+                ablated = torch.where(keep, original[:, None] - drop.to(ablated.dtype), ablated)
+                return relative_drop(original, ablated)
             key = ("ablate", ctx.index, tuple(ctx.input_tensor.shape[1:]), ctx.input_tensor.dtype)
             pixels = math.prod(ctx.input_tensor.shape[2:])
             for b_idx, c_idx in self.pair_chunks(keep, key, pixels):

@@ -12,7 +12,8 @@ import torchvision
 from torch import nn
 
 from pytorch_cam import AblationCAM, GradCAM, ScoreCAM
-from pytorch_cam.utils.fx_split import split_after
+from pytorch_cam.utils.fx_split import pooled_linear_head, split_after
+from pytorch_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 X_SIZE = 32
 
@@ -216,3 +217,58 @@ def test_batch_size_is_honoured(tiny_cnn, make_input, cls, how):
     assert scoring == [4] * math.ceil(batch * channels / 4)
     with cls(model, [layer], batch_size=64, progress=False) as cam:
         np.testing.assert_allclose(cam(x, targets=[0, 1]), maps, atol=1e-5)
+
+
+class _RunEveryAblation(AblationCAM):
+    """AblationCAM without the closed form: every ablated copy goes through the traced tail."""
+
+    def _closed_form_head(self, ctx, dim):
+        return None
+
+
+def _weights(cam, x, targets):
+    seen = {}
+    original = cam.layer_weights
+
+    def spy(ctx):
+        seen["w"] = original(ctx)
+        return seen["w"]
+
+    cam.layer_weights = spy
+    maps = cam(x, targets)
+    return maps, seen["w"]
+
+
+def test_ablation_closed_form_for_a_pooled_linear_tail(private_resnet18, make_input):
+    model = private_resnet18
+    x = make_input(2, 3, 64, 64, seed=3)
+    assert pooled_linear_head(split_after(model, model.layer4[-1])) is model.fc
+    rows: list = []
+    handle = model.fc.register_forward_pre_hook(lambda m, inp: rows.append(inp[0].shape[0]))
+    try:
+        maps, weights = _weights(AblationCAM(model, [model.layer4[-1]], progress=False), x, [1, -3])
+    finally:
+        handle.remove()
+    # The capture forward and the one check of the tail (batch + 1 rows): no ablated copy ran.
+    assert rows == [2, 3]
+    ran_maps, ran_weights = _weights(_RunEveryAblation(model, [model.layer4[-1]], progress=False), x, [1, -3])
+    torch.testing.assert_close(weights, ran_weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps, ran_maps, atol=1e-5)
+
+
+def test_ablation_closed_form_only_where_it_is_exact(private_resnet18, vgg11, make_input):
+    model = private_resnet18
+    x = make_input(2, 3, 64, 64, seed=4)
+    rows: list = []
+    handle = model.fc.register_forward_pre_hook(lambda m, inp: rows.append(inp[0].shape[0]))
+    try:  # a softmax target is not linear in the pooled channels: every ablated copy runs
+        AblationCAM(model, [model.layer4[-1]], batch_size=256, progress=False)(
+            x, [ClassifierOutputSoftmaxTarget(1)] * 2
+        )
+    finally:
+        handle.remove()
+    assert sum(rows) > 2 * 512
+    # Other tails: an inner layer, VGG's classifier (ReLU, dropout), a network with a residual crossing.
+    assert pooled_linear_head(split_after(model, model.layer3[-1])) is None
+    assert pooled_linear_head(split_after(vgg11, vgg11.features[-1])) is None
+    assert pooled_linear_head(split_after(model, model.layer4[0].conv1)) is None

@@ -135,3 +135,42 @@ def _forget_source(key: str) -> None:
     except ImportError:  # a torch without the private loader: nothing more to drop
         return
     getattr(_loader, "eval_cache", {}).pop(key, None)
+
+
+def pooled_linear_head(split: TailSplit) -> Optional[nn.Linear]:
+    """The ``nn.Linear`` of a tail that is exactly global average pooling, flatten and one linear layer.
+
+    Such a tail is linear in the pooled channels, so zeroing channel k of the layer output lowers
+    class c's logit by exactly ``W[c, k] * mean(A_k)`` (Ablation-CAM's closed form). ``None`` for
+    any other tail (a crossing value, a non-linearity, another pooling, ...).
+    """
+    tail = split.tail
+    nodes = list(tail.graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    ops = [n for n in nodes if n.op not in ("placeholder", "output")]
+    if split.head is not None or len(inputs) != 1 or len(ops) != 3:
+        return None
+    pool, flat, fc = ops
+
+    def module(node: fx.Node) -> Optional[nn.Module]:
+        return tail.get_submodule(node.target) if node.op == "call_module" else None
+
+    pooling = module(pool)
+    if not (isinstance(pooling, nn.AdaptiveAvgPool2d) and pooling.output_size in (1, (1, 1))):
+        return None
+    flattens = (flat.op == "call_function" and flat.target is torch.flatten) or (
+        flat.op == "call_method" and flat.target == "flatten"
+    )
+    linear = module(fc)
+    if not (
+        pool.args == (inputs[0],)
+        and flattens
+        and flat.args == (pool, 1)
+        and not flat.kwargs
+        and isinstance(linear, nn.Linear)
+        and fc.args == (flat,)
+        and not fc.kwargs
+        and nodes[-1].args == (fc,)
+    ):
+        return None
+    return linear
