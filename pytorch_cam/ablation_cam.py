@@ -28,7 +28,7 @@ the layer's output in a full forward pass. Which path ran is logged at DEBUG lev
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -37,6 +37,11 @@ from pytorch_cam.base_cam import LayerContext, logger
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
 from pytorch_cam.utils.fx_split import TailSplit, pooled_linear_head, split_after
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+
+
+def _crossing_rows(crossing: List[Any], rows: torch.Tensor, n: int) -> List[Any]:
+    """The values that cross the split, for image ``rows``: per-image tensors indexed, the rest as they are."""
+    return [v[rows] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n > 1 else v for v in crossing]
 
 
 class AblationCAM(PerturbationCAM, name="ablationcam"):
@@ -132,18 +137,15 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         if split is not None and not split.verified:
             # Check once that the tail reproduces the model's own target scores, on one row more than
             # the batch: a trace that baked the batch size in (e.g. a view to a constant shape) fails here.
-            rows = torch.cat([torch.arange(n, device=input_tensor.device), torch.zeros(1, dtype=torch.long)])
-            crossing_rows = [
-                v[rows] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n > 1 else v for v in crossing
-            ]
+            rows = torch.arange(n + 1, device=input_tensor.device) % n  # the batch, then its first image again
             try:
-                got = self.score_rows(split.tail(raw[rows], *crossing_rows), targets, rows)
+                got = self.score_rows(split.tail(raw[rows], *_crossing_rows(crossing, rows, n)), targets, rows)
             except Exception as exc:  # the tail cannot run other batch sizes: use the hook path
                 logger.debug(
                     "AblationCAM: the torch.fx tail failed on a new batch size (%s: %s)", type(exc).__name__, exc
                 )
                 got = None
-            want = ctx.target_scores[rows.cpu()].to(input_tensor.device)
+            want = ctx.target_scores.to(input_tensor.device)[rows]
             if got is not None and torch.allclose(
                 got, want.to(got.dtype), rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6
             ):
@@ -161,8 +163,7 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         logger.debug("AblationCAM: %s: torch.fx split, running only the network after it", type(layer).__name__)
 
         def run(b_idx: torch.Tensor, new: torch.Tensor) -> Any:
-            rows = [v[b_idx] if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n > 1 else v for v in crossing]
-            return split.tail(new, *rows)
+            return split.tail(new, *_crossing_rows(crossing, b_idx, n))
 
         return run
 
