@@ -232,13 +232,14 @@ class BaseCAM(Registered):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if eager_model(model) is not model:
+        eager = eager_model(model)
+        if eager is not model:
             logger.info(
                 "%s: the model is compiled (torch.compile); explaining its original module eagerly, since compiled "
                 "code ignores the hooks a CAM needs. The maps are those of the same function and weights",
                 type(self).__name__,
             )
-        self.model = model = eager_model(model)
+        self.model = model = eager
         self.inferred = Inferred()
         if isinstance(target_layers, nn.Module):
             target_layers = [target_layers]
