@@ -12,8 +12,12 @@ as a numpy array of shape (B, H, W) (or (B, D, H, W) for volumes) with values in
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
+import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -32,6 +36,7 @@ from pytorch_cam.utils.find_layers import (
 )
 from pytorch_cam.utils.model_state import eager_model, eval_mode
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.precision import autocast, check_precision, float32_outputs, to_memory_format
 from pytorch_cam.utils.reshape_transforms import (
     accepts_input_size,
     infer_token_grid,
@@ -164,6 +169,65 @@ def target_score(target: Callable[[Any], Any], output_row: Any) -> torch.Tensor:
     return value.reshape(())
 
 
+def primary_output(outputs: Any) -> Any:
+    """The part of a model's output that targets score: the logits of a classifier or segmenter.
+
+    A tensor is itself; a HuggingFace ``ModelOutput`` gives ``.logits``; a dict its ``"out"``
+    (torchvision segmentation) or ``"logits"`` entry, or its only tensor; a tuple whose first
+    element is a tensor (YOLO-style ``(predictions, features)``, Inception's ``(logits, aux)``)
+    its first element. Anything else — a list of per-image dicts from a torchvision detector, a
+    dict of several tensors — is returned as it is and handed to the targets image by image.
+    """
+    if torch.is_tensor(outputs):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if torch.is_tensor(logits):
+        return logits
+    if isinstance(outputs, Mapping):
+        for key in ("out", "logits"):
+            if torch.is_tensor(outputs.get(key)):
+                return outputs[key]
+        tensors = [v for v in outputs.values() if torch.is_tensor(v)]
+        if len(tensors) == 1 and len(outputs) == 1:
+            return tensors[0]
+        return outputs
+    if isinstance(outputs, tuple) and outputs and torch.is_tensor(outputs[0]):
+        return outputs[0]
+    return outputs
+
+
+def describe_output(outputs: Any) -> str:
+    """A short description of a model output for error messages, e.g. ``dict{'boxes': (3, 4), ...}``."""
+    if torch.is_tensor(outputs):
+        return f"a tensor of shape {tuple(outputs.shape)}"
+    if isinstance(outputs, Mapping):
+        parts = [f"{k!r}: {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}" for k, v in outputs.items()]
+        return f"{type(outputs).__name__}{{{', '.join(parts[:6])}{', ...' if len(parts) > 6 else ''}}}"
+    if isinstance(outputs, (list, tuple)):
+        inner = describe_output(outputs[0]) if outputs else "nothing"
+        return f"a {type(outputs).__name__} of {len(outputs)} items, the first {inner}"
+    return type(outputs).__name__
+
+
+def output_rows(outputs: Any, n: int) -> Any:
+    """The model output of each of the ``n`` images, as the targets receive it (indexable by image)."""
+    primary = primary_output(outputs)
+    if torch.is_tensor(primary):
+        if primary.ndim >= 1 and primary.shape[0] == n:
+            return primary
+    elif isinstance(primary, Mapping):
+        values = list(primary.values())
+        if values and all(torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n for v in values):
+            return [{k: v[i] for k, v in primary.items()} for i in range(n)]
+    elif isinstance(primary, (list, tuple)) and len(primary) == n:
+        return primary
+    raise ValueError(
+        f"cannot split the model's output into one result per image for a batch of {n}: the model returned "
+        f"{describe_output(outputs)}. Wrap the model so that it returns a (B, ...) tensor, e.g. "
+        "lambda x: model(x)[<key>]"
+    )
+
+
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -210,7 +274,16 @@ class BaseCAM(Registered):
             ``input_size`` keyword, else ``transform(tensor)``. ``None`` with token (B, N, C) or
             channels-last Swin (B, H, W, C) outputs infers ``vit_reshape_transform`` /
             ``swin_reshape_transform`` on the first call (logged at INFO), kept in ``cam.inferred``.
+        compute_input_gradient: also compute the gradient of the target w.r.t. the input (FullGrad).
+        uses_gradients: override the method's own need for gradients (``None``: the method decides).
+        tta_transforms: a ``ttach.Compose`` for ``aug_smooth`` (default: flips and brightness).
+        detach: ``True`` (the default) returns numpy maps. ``False`` returns the maps as torch
+            tensors on the model's device, still attached to the autograd graph, so that a loss on
+            them trains the model (e.g. a CAM loss); the activations and gradients keep their graph.
         device: optional check that the model lives where you expect (e.g. ``"cuda"``).
+        precision: ``"fp32"`` (exact, the default), ``"bf16"`` or ``"fp16"``: the model's forwards
+            (and the backward of gradient methods) run under ``torch.autocast`` for the call only;
+            activations, gradients and the map are float32. See ``pytorch_cam.utils.precision``.
     """
 
     #: whether the method needs gradients of the target w.r.t. the activations
@@ -219,6 +292,9 @@ class BaseCAM(Registered):
     always_project: bool = False
     #: keep the gradients attached to the graph (second-order methods, e.g. ShapleyCAM)
     create_graph: bool = False
+    #: whether the map depends on the target; class-agnostic methods (EigenCAM, ...) also explain
+    #: models whose output has no class scores (detectors, backbones) with ``targets=None``
+    needs_targets: bool = True
 
     def __init__(
         self,
@@ -228,7 +304,9 @@ class BaseCAM(Registered):
         compute_input_gradient: bool = False,
         uses_gradients: Optional[bool] = None,
         tta_transforms: Any = None,
+        detach: bool = True,
         device: Union[str, torch.device, None] = None,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -268,7 +346,47 @@ class BaseCAM(Registered):
         if uses_gradients is not None:
             self.uses_gradients = uses_gradients
         self.tta_transforms = tta_transforms
+        self.detach = bool(detach)
         self.device = resolve_device(device, model)
+        self.precision = check_precision(precision)
+        # What the last call captured, per thread (grad-cam's cam.outputs / cam.activations_and_grads):
+        # one CAM object may serve several threads, and each must see its own call's results.
+        self._last = threading.local()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_last", None)  # thread-local results of past calls do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._last = threading.local()
+
+    @property
+    def outputs(self) -> Any:
+        """The model's outputs in this thread's last call (detached unless ``detach=False``); None before one."""
+        call = getattr(self._last, "call", None)
+        return None if call is None else call.outputs
+
+    @property
+    def activations_and_grads(self) -> Any:
+        """This thread's last call as a grad-cam ``ActivationsAndGradients``: ``.activations`` and ``.gradients``.
+
+        One (B, C, *spatial) tensor per target layer, after the reshape transform; on the CPU and
+        detached when ``detach=True``, as in pytorch-grad-cam. Hooks are not left on the model:
+        these are a record of the call, built when this property is read.
+        """
+        from pytorch_cam.activations_and_gradients import ActivationsAndGradients
+
+        call = getattr(self._last, "call", None)
+        record = ActivationsAndGradients(self.model, self.layers, self.reshape_transform, self.detach)
+        if call is not None:
+            for i in range(len(self.layers)):
+                ctx = self.layer_context(call, i)
+                record.activations.append(record.keep(ctx.activations))
+                if ctx.grads is not None:
+                    record.gradients.append(record.keep(ctx.grads))
+        return record
 
     @property
     def display_name(self) -> str:
@@ -324,25 +442,41 @@ class BaseCAM(Registered):
         targets: Optional[Sequence[TargetLike]] = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
-    ) -> np.ndarray:
-        return self.forward(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+    ) -> Union[np.ndarray, torch.Tensor]:
+        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=aug_smooth)
 
     def forward(
         self,
         input_tensor: torch.Tensor,
         targets: Optional[Sequence[TargetLike]] = None,
-        aug_smooth: bool = False,
         eigen_smooth: bool = False,
-    ) -> np.ndarray:
-        """Compute one map per image: numpy float32 (B, *input spatial) in [0, 1]."""
+        aug_smooth: bool = False,
+    ) -> Union[np.ndarray, torch.Tensor]:
+        """Compute one map per image: float32 (B, *input spatial) in [0, 1].
+
+        A numpy array, or with ``detach=False`` a torch tensor on the model's device that is still
+        attached to the autograd graph.
+        """
         x = self._check_input(input_tensor)
         self.ensure_layers(x)
         if aug_smooth:
             cam = self._forward_augmented(x, targets, eigen_smooth)
         else:
             cam = self.forward_tensor(x, targets, eigen_smooth)
-        warn_if_all_zero(cam, self.display_name)
+        warn_if_all_zero(cam.detach(), self.display_name)
+        if not self.detach:
+            return cam.float()
         return cam.detach().float().cpu().numpy()
+
+    def run_model(self, x: torch.Tensor, memory_format: Optional[str] = None) -> Any:
+        """The model's outputs for ``x`` at the CAM's precision (float32 results), ``x`` in ``memory_format``.
+
+        The forward of extra passes (scoring perturbed inputs, test-time augmentation) goes
+        through here; the caller chooses the grad mode and holds eval mode.
+        """
+        with autocast(x.device, self.precision):
+            outputs = self.model(to_memory_format(x, memory_format))
+        return float32_outputs(outputs) if self.precision != "fp32" else outputs
 
     def ensure_layers(self, x: torch.Tensor) -> List[nn.Module]:
         """The target layers, finding the default with a dry forward on ``x`` if none is known yet."""
@@ -408,14 +542,18 @@ class BaseCAM(Registered):
 
     def _resolve_targets(self, targets: Optional[Sequence[TargetLike]], outputs: Any, n: int) -> list:
         if targets is None:
-            if not torch.is_tensor(outputs) or outputs.ndim != 2:
-                shape = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
-                raise ValueError(
-                    f"targets=None picks each image's top class, which needs a (B, classes) "
-                    f"output; this model returns {shape}. Pass explicit targets, e.g. "
-                    "SemanticSegmentationTarget for segmentation"
-                )
-            return [ClassifierOutputTarget(c) for c in outputs.argmax(dim=-1).tolist()]
+            logits = primary_output(outputs)
+            if torch.is_tensor(logits) and logits.ndim == 2 and logits.shape[0] == n:
+                return [ClassifierOutputTarget(c) for c in logits.argmax(dim=-1).tolist()]
+            if not self.needs_targets:
+                return [None] * n  # the map does not depend on a target
+            raise ValueError(
+                f"targets=None picks each image's top class, which needs (B, classes) logits; this model returned "
+                f"{describe_output(outputs)}. Pass one target per image: SemanticSegmentationTarget(category, mask) "
+                "for segmentation, FasterRCNNBoxScoreTarget(labels, boxes) for a torchvision detector, or a "
+                "callable(output_of_one_image) -> scalar tensor; or use a class-agnostic method (EigenCAM, "
+                "KPCA_CAM), which needs no target"
+            )
         if torch.is_tensor(targets):
             if targets.ndim != 1 or targets.is_floating_point() or targets.is_complex():
                 raise TypeError(
@@ -523,18 +661,22 @@ class BaseCAM(Registered):
         """
         if need_grads is None:
             need_grads = self.uses_gradients
-        grad_ctx = torch.enable_grad() if need_grads else torch.no_grad()
+        differentiable = not self.detach  # the map must stay attached to the model's parameters
+        grad_ctx = torch.enable_grad() if need_grads or differentiable else torch.no_grad()
         input_grad = need_grads and self.compute_input_gradient
         # The gradient only flows from the scores back to the target layers, so the network before
         # them runs without autograd and the capture hook switches it on (about one plain forward
-        # pass in all). The input gradient needs the whole graph.
-        forward_ctx = grad_ctx if input_grad else torch.no_grad()
-        with forward_ctx, self._capture(need_grads) as store:
+        # pass in all). The input gradient, and detach=False, need the whole graph.
+        whole_graph = input_grad or differentiable
+        forward_ctx = grad_ctx if whole_graph else torch.no_grad()
+        with forward_ctx, self._capture(need_grads) as store, autocast(x.device, self.precision):
             x_in = x.detach().requires_grad_(True) if input_grad else x
             outputs = self.model(x_in)
             # The capture hook left autograd on; a no_grad block of the model's own around the
             # target layer switched it back off on exit.
-            forward_disabled_grad = need_grads and not input_grad and not torch.is_grad_enabled()
+            forward_disabled_grad = need_grads and not whole_graph and not torch.is_grad_enabled()
+        if self.precision != "fp32":
+            outputs = float32_outputs(outputs)
         n_layers = len(self.layers)
         missing = [i for i in range(n_layers) if i not in store]
         if missing:
@@ -545,11 +687,21 @@ class BaseCAM(Registered):
             )
         resolved = self._resolve_targets(targets, outputs, x.shape[0])
         call = CallState(input_tensor=x, outputs=outputs, targets=resolved)
-        with grad_ctx:
-            scores = torch.stack([target_score(t, o) for t, o in zip(resolved, outputs)])
-            total = scores.sum()  # inside grad_ctx: callers may hold no_grad (extra passes from a method)
-        call.target_scores = scores.detach()
-        keep_graph = need_grads and self.create_graph
+        if any(t is None for t in resolved):
+            if need_grads:
+                raise ValueError(
+                    f"{self.display_name} needs a target for every image (its map is the gradient of a score); "
+                    f"the model returned {describe_output(outputs)}, which has no class scores to pick from: "
+                    "pass targets"
+                )
+            scores = None
+        else:
+            rows = output_rows(outputs, x.shape[0])
+            with grad_ctx:
+                scores = torch.stack([target_score(t, rows[i]) for i, t in enumerate(resolved)])
+                total = scores.sum()  # inside grad_ctx: callers may hold no_grad (extra passes from a method)
+            call.target_scores = scores.detach()
+        keep_graph = need_grads and (self.create_graph or differentiable)
         if need_grads:
             if forward_disabled_grad or not scores.requires_grad:
                 raise RuntimeError(
@@ -570,12 +722,23 @@ class BaseCAM(Registered):
                         self._layer_name(i),
                     )
                     g = torch.zeros_like(wrt[i])
-                call.raw_gradients[i] = g if keep_graph else g.detach()
+                g = g if keep_graph else g.detach()
+                call.raw_gradients[i] = float32_outputs(g)
             if self.compute_input_gradient:
                 g = grads[-1]
-                call.input_gradient = torch.zeros_like(x) if g is None else g.detach()
-        call.raw_activations = {i: store[i] if keep_graph else store[i].detach() for i in range(n_layers)}
-        call.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
+                call.input_gradient = torch.zeros_like(x) if g is None else g.detach().float()
+        attached = keep_graph or differentiable
+        call.raw_activations = {i: float32_outputs(store[i] if attached else store[i].detach()) for i in range(n_layers)}
+        if not differentiable:
+            call.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
+            # The record kept for cam.outputs / cam.activations_and_grads must not hold a graph alive.
+            self._last.call = dataclasses.replace(
+                call,
+                raw_activations={i: a.detach() for i, a in call.raw_activations.items()},
+                raw_gradients={i: g.detach() for i, g in call.raw_gradients.items()},
+            )
+        else:
+            self._last.call = call
         return call
 
     def combine_layers(self, call: CallState, eigen_smooth: bool) -> torch.Tensor:
@@ -709,7 +872,7 @@ class BaseCAM(Registered):
 
     def _layer_map(self, ctx: LayerContext, eigen_smooth: bool) -> torch.Tensor:
         """One layer's map, rectified, scaled to [0, 1] and resized to the input."""
-        with torch.no_grad():
+        with torch.no_grad() if self.detach else contextlib.nullcontext():
             cam = torch.relu(self.layer_cam(ctx, eigen_smooth)).float()
             return resize_maps(min_max_scale(cam), ctx.input_tensor.shape[2:])
 
@@ -727,7 +890,7 @@ class BaseCAM(Registered):
         if targets is None:
             # Explain the class predicted for the original image in every augmented copy.
             with self._eval_mode(), torch.no_grad():
-                outputs = self.model(x)
+                outputs = self.run_model(x)
             targets = self._resolve_targets(None, outputs, x.shape[0])
             del outputs
         total = None

@@ -21,6 +21,7 @@ from pytorch_cam.base_cam import BaseCAM, LayerContext
 
 class EigenCAM(BaseCAM, name="eigencam"):
     uses_gradients = False
+    needs_targets = False
     always_project = True
 
     def layer_weighted_activations(self, ctx: LayerContext) -> torch.Tensor:

@@ -40,6 +40,7 @@ class FEM(BaseCAM, name="fem"):
     """
 
     uses_gradients = False
+    needs_targets = False
 
     def __init__(
         self,

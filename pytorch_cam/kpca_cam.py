@@ -37,6 +37,7 @@ class KPCA_CAM(BaseCAM, name="kpcacam"):  # noqa: N801 (pytorch-grad-cam's class
     """
 
     uses_gradients = False
+    needs_targets = False
 
     def __init__(
         self,

@@ -61,6 +61,23 @@ class MetaCAM(Registered):
     def uses_gradients(self) -> bool:
         return self.base_cam.uses_gradients
 
+    @property
+    def detach(self) -> bool:
+        return self.base_cam.detach
+
+    @property
+    def precision(self) -> str:
+        return self.base_cam.precision
+
+    @property
+    def outputs(self) -> Any:
+        """The model's outputs in this thread's last call of the base CAM."""
+        return self.base_cam.outputs
+
+    @property
+    def activations_and_grads(self) -> Any:
+        return self.base_cam.activations_and_grads
+
     def forward(self, input_tensor: torch.Tensor, *args: Any, **kwargs: Any) -> np.ndarray:
         raise NotImplementedError
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, target_score
+from pytorch_cam.base_cam import BaseCAM, output_rows, target_score
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 
 #: the batch_size every perturbation method defaults to
@@ -70,6 +70,7 @@ def top_channels(activations: torch.Tensor, k: int, rank: str = "max") -> torch.
 
 def score_rows(outputs: Any, targets: Sequence, image_index: torch.Tensor) -> torch.Tensor:
     """Target score of each output row; row j belongs to image ``image_index[j]``."""
+    outputs = output_rows(outputs, image_index.numel())
     if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs) and outputs.ndim == 2:
         for t in targets:
             t(outputs[0])  # range check, raises a clear IndexError

@@ -20,6 +20,7 @@ from pytorch_cam.base_cam import BaseCAM
 
 class RandomCAM(BaseCAM, name="randomcam"):
     uses_gradients = False
+    needs_targets = False
 
     def __init__(self, model: nn.Module, target_layers, reshape_transform=None, seed: Optional[int] = None, **kwargs):
         super().__init__(model, target_layers, reshape_transform=reshape_transform, **kwargs)

@@ -104,6 +104,7 @@ class SobelCAM(BaseCAM, name="sobelcam"):
     """
 
     uses_gradients = False
+    needs_targets = False
 
     def __init__(
         self,
@@ -126,11 +127,11 @@ class SobelCAM(BaseCAM, name="sobelcam"):
         self,
         input_tensor: torch.Tensor,
         targets: Optional[Sequence[TargetLike]] = None,
-        aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        aug_smooth: bool = False,
     ) -> np.ndarray:
         # Any non-None targets spare aug_smooth the model forward that would pick each image's class.
-        return super().forward(input_tensor, () if targets is None else targets, aug_smooth, eigen_smooth)
+        return super().forward(input_tensor, () if targets is None else targets, eigen_smooth, aug_smooth=aug_smooth)
 
     def forward_tensor(
         self, x: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool
