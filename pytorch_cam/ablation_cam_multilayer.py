@@ -47,6 +47,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
         ratio_channels_to_ablate: float = 1.0,
         progress: bool = True,
         device: Union[str, torch.device, None] = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             model,
@@ -55,6 +56,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
             batch_size=batch_size,
             progress=progress,
             device=device,
+            **kwargs,
         )
         self.ratio_channels_to_ablate = check_ratio(ratio_channels_to_ablate)
 
@@ -92,12 +94,14 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
         x = call.input_tensor
         with torch.inference_mode():
             key = ("ablate-multilayer", tuple(x.shape[1:]), x.dtype)
-            for b_idx, c_idx in self.pair_chunks(keep, key, math.prod(x.shape[2:])):
-                outputs = self.run_ablated(x[b_idx], c_idx, dims)
+            for b_idx, c_idx, layout in self.pair_chunks(keep, key, math.prod(x.shape[2:]), x.ndim):
+                outputs = self.run_ablated(x[b_idx], c_idx, dims, layout)
                 ablated[b_idx, c_idx] = self.score_rows(outputs, call.targets, b_idx).to(ablated.dtype)
         return relative_drop(original, ablated)
 
-    def run_ablated(self, rows: torch.Tensor, channels: torch.Tensor, dims: List[int]) -> Any:
+    def run_ablated(
+        self, rows: torch.Tensor, channels: torch.Tensor, dims: List[int], memory_format: Optional[str] = None
+    ) -> Any:
         """Model outputs for ``rows`` with, in row j, channel ``channels[j]`` zeroed in every target layer."""
         ran = [0] * len(self.layers)
         picks = torch.arange(rows.shape[0], device=rows.device)
@@ -118,7 +122,7 @@ class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):
 
         handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(self.layers)]
         try:
-            outputs = self.model(rows)
+            outputs = self.run_model(rows, memory_format)
         finally:
             for h in handles:
                 h.remove()

@@ -726,9 +726,11 @@ class BaseCAM(Registered):
                 call.raw_gradients[i] = float32_outputs(g)
             if self.compute_input_gradient:
                 g = grads[-1]
-                call.input_gradient = torch.zeros_like(x) if g is None else g.detach().float()
+                call.input_gradient = torch.zeros_like(x) if g is None else float32_outputs(g.detach())
         attached = keep_graph or differentiable
-        call.raw_activations = {i: float32_outputs(store[i] if attached else store[i].detach()) for i in range(n_layers)}
+        call.raw_activations = {
+            i: float32_outputs(store[i] if attached else store[i].detach()) for i in range(n_layers)
+        }
         if not differentiable:
             call.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
             # The record kept for cam.outputs / cam.activations_and_grads must not hold a graph alive.

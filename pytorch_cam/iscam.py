@@ -39,6 +39,7 @@ class ISCAM(ScoreCAM, name="iscam"):
         cskip_rank: str = "max",
         progress: bool = True,
         device=None,
+        **kwargs,
     ) -> None:
         super().__init__(
             model,
@@ -49,6 +50,7 @@ class ISCAM(ScoreCAM, name="iscam"):
             cskip_rank=cskip_rank,
             progress=progress,
             device=device,
+            **kwargs,
         )
         self.num_samples = check_num_samples(num_samples)
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from pytorch_cam.base_cam import BaseCAM, output_rows, target_score
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.precision import check_memory_format
 
 #: the batch_size every perturbation method defaults to
 DEFAULT_BATCH_SIZE = "auto"
@@ -94,6 +95,14 @@ def relative_drop(original: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor
     return ((original - ablated) / safe).clone()
 
 
+class Chunk(NamedTuple):
+    """One forward pass's worth of (image, channel) pairs, and the memory format of its input."""
+
+    images: torch.Tensor
+    channels: torch.Tensor
+    memory_format: str
+
+
 class PerturbationCAM(BaseCAM):
     """Base of the methods whose channel weights come from scoring perturbed inputs.
 
@@ -101,6 +110,11 @@ class PerturbationCAM(BaseCAM):
         batch_size: (image, channel) pairs scored per forward pass; ``"auto"`` (the default)
             measures a few sizes on the first chunks and keeps the fastest for this CAM object.
         progress: show a tqdm bar while scoring.
+        memory_format: layout of the scoring forwards' inputs: ``"auto"`` (the default: with
+            ``batch_size="auto"``, channels-last where measured faster, see ``pair_chunks``),
+            ``"contiguous"`` or ``"channels_last"``. The model is never changed; maps agree to
+            float rounding.
+        precision, detach, ...: see ``BaseCAM``.
     """
 
     uses_gradients = False
@@ -114,14 +128,18 @@ class PerturbationCAM(BaseCAM):
         batch_size: Union[int, str] = DEFAULT_BATCH_SIZE,
         progress: bool = True,
         device: Any = None,
+        memory_format: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform=reshape_transform, device=device, **kwargs)
         check_batch_size(batch_size)
         self.batch_size = batch_size
         self.progress = progress
+        self.memory_format = check_memory_format(memory_format)
         #: chunk size chosen by batch_size="auto", per kind of work (see ``pair_chunks``)
         self.auto_batch_sizes: Dict[Any, int] = {}
+        #: input memory format chosen by memory_format="auto", per kind of work
+        self.auto_memory_formats: Dict[Any, str] = {}
 
     score_rows = staticmethod(score_rows)
 
@@ -135,56 +153,84 @@ class PerturbationCAM(BaseCAM):
         return None if self.batch_size == "auto" else int(self.batch_size)
 
     def pair_chunks(
-        self, keep: torch.Tensor, key: Any, pixels: int = 224 * 224
-    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Chunks of (image, channel) index pairs where ``keep`` (B, C) is True.
+        self, keep: torch.Tensor, key: Any, pixels: int = 224 * 224, layout_ndim: Optional[int] = None
+    ) -> Iterator[Chunk]:
+        """Chunks of (image, channel) index pairs where ``keep`` (B, C) is True, with the memory format to use.
 
         Pairs of different images share a chunk, so a batch of images is scored together and
-        every forward pass is full. With ``"auto"`` the first chunks probe a few sizes
+        every forward pass is full. With ``batch_size="auto"`` the first chunks probe a few sizes
         (``auto_candidates``, after one warm-up chunk): the time between handing out a chunk and
         being asked for the next one is what the caller spent on it, so each size is measured on
         real work, nothing is thrown away, and the fastest size is used for the rest and
         remembered in ``auto_batch_sizes[key]``.
+
+        ``layout_ndim`` is the number of dimensions of the tensor the caller feeds the model (4 or
+        5 for images and convolutional activations). With ``memory_format="auto"`` and
+        ``batch_size="auto"`` the next chunks then compare a channels-last input with the
+        contiguous one the same way (after a channels-last warm-up, which pays for oneDNN's weight
+        reorder) and keep the faster, remembered in ``auto_memory_formats[key]``. An int
+        ``batch_size`` keeps the contiguous layout (bit-for-bit reproducible maps) unless
+        ``memory_format="channels_last"`` is asked for.
         """
         b_idx, c_idx = keep.nonzero(as_tuple=True)
         total = b_idx.numel()
-        fixed = self.fixed_chunk_size()
-        if fixed is None:
-            fixed = self.auto_batch_sizes.get(key)
+        size = self.fixed_chunk_size()
+        if size is None:
+            size = self.auto_batch_sizes.get(key)
+        fmt: Optional[str] = self.memory_format
+        if fmt == "auto":
+            if layout_ndim not in (4, 5) or self.batch_size != "auto":
+                fmt = "contiguous"
+            else:
+                fmt = self.auto_memory_formats.get(key)
         bar = self._progress_bar(total)
         start = 0
+
+        def one(chunk: int, layout: str) -> Iterator[Chunk]:
+            """Hand out one chunk; returns the seconds per pair it took (None if it was not full)."""
+            nonlocal start
+            _sync(keep.device)
+            t0 = time.perf_counter()
+            stop = min(start + chunk, total)
+            yield Chunk(b_idx[start:stop], c_idx[start:stop], layout)
+            _sync(keep.device)
+            elapsed = (time.perf_counter() - t0) / chunk if stop - start == chunk else None
+            if bar is not None:
+                bar.update(stop - start)
+            start = stop
+            return elapsed
+
         try:
-            if fixed is None:
+            per_pair: Dict[int, float] = {}
+            if size is None:
                 candidates = list(auto_candidates(keep.device, pixels))
                 # Probe only sizes the work can fill, so a small call still settles on a size.
                 while len(candidates) > 1 and min(candidates) + sum(candidates) > total:
                     candidates.pop()
                 plan = [min(candidates)] + list(candidates)  # the first chunk only warms up
-                per_pair: Dict[int, float] = {}
-                for i, size in enumerate(plan):
+                for i, chunk in enumerate(plan):
                     if start >= total:
                         break
-                    _sync(keep.device)
-                    t0 = time.perf_counter()
-                    stop = min(start + size, total)
-                    yield b_idx[start:stop], c_idx[start:stop]
-                    _sync(keep.device)
-                    if i > 0 and stop - start == size:
-                        per_pair[size] = (time.perf_counter() - t0) / size
-                    if bar is not None:
-                        bar.update(stop - start)
-                    start = stop
+                    took = yield from one(chunk, fmt or "contiguous")
+                    if i > 0 and took is not None:
+                        per_pair[chunk] = took
+                size = min(per_pair, key=per_pair.__getitem__) if per_pair else max(candidates)
                 if per_pair and len(per_pair) == len(candidates):
-                    fixed = min(per_pair, key=per_pair.__getitem__)
-                    self.auto_batch_sizes[key] = fixed
-                else:
-                    fixed = min(per_pair, key=per_pair.__getitem__) if per_pair else max(candidates)
+                    self.auto_batch_sizes[key] = size
+            if fmt is None:
+                fmt = "contiguous"
+                if total - start >= 3 * size:
+                    base = per_pair.get(size)
+                    if base is None:
+                        base = yield from one(size, "contiguous")
+                    yield from one(size, "channels_last")  # warm-up
+                    cl = yield from one(size, "channels_last")
+                    if base is not None and cl is not None:
+                        # A small margin keeps the exact contiguous layout when the two are a tie.
+                        fmt = "channels_last" if cl < 0.97 * base else "contiguous"
+                        self.auto_memory_formats[key] = fmt
             while start < total:
-                stop = min(start + fixed, total)
-                yield b_idx[start:stop], c_idx[start:stop]
-                if bar is not None:
-                    bar.update(stop - start)
-                start = stop
+                yield from one(size, fmt)
         finally:
             if bar is not None:
                 bar.close()

@@ -91,6 +91,7 @@ class ScoreCAM(PerturbationCAM, name="scorecam"):
         cskip_rank: str = "max",
         progress: bool = True,
         device=None,
+        **kwargs,
     ) -> None:
         super().__init__(
             model,
@@ -99,6 +100,7 @@ class ScoreCAM(PerturbationCAM, name="scorecam"):
             batch_size=batch_size,
             device=device,
             progress=progress,
+            **kwargs,
         )
         _resolve_cskip(cskip, 1)  # validate early
         if cskip_rank not in ("max", "std"):
@@ -135,7 +137,7 @@ class ScoreCAM(PerturbationCAM, name="scorecam"):
         noise = self.noise_generator(input_tensor.device)
         with torch.inference_mode():
             if bool((keep & constant).any()):
-                zero_out = self.model(torch.zeros_like(input_tensor[:1]))
+                zero_out = self.run_model(torch.zeros_like(input_tensor[:1]))
                 zero_scores = self.score_rows(
                     zero_out.expand(b, *zero_out.shape[1:]), targets, torch.arange(b, device=zero_out.device)
                 )
@@ -153,12 +155,12 @@ class ScoreCAM(PerturbationCAM, name="scorecam"):
                     self.passes_per_channel(),
                 )
             key = ("score", tuple(input_tensor.shape[1:]), input_tensor.dtype)
-            for b_idx, c_idx in self.pair_chunks(rep_keep, key, math.prod(size)):
+            for b_idx, c_idx, layout in self.pair_chunks(rep_keep, key, math.prod(size), input_tensor.ndim):
                 masks = min_max_scale(resize_maps(activations[b_idx, c_idx], size))
                 variants = self.perturbed_inputs(input_tensor[b_idx], masks[:, None].to(input_tensor.dtype), noise)
                 total = None
                 for variant in variants:
-                    s = self.score_rows(self.model(variant), targets, b_idx).to(scores.dtype)
+                    s = self.score_rows(self.run_model(variant, layout), targets, b_idx).to(scores.dtype)
                     total = s if total is None else total + s
                 scores[b_idx, c_idx] = total / len(variants)
             # Duplicate channels take their representative's score.

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_cam.base_cam import TargetLike, min_max_scale
+from pytorch_cam.base_cam import TargetLike, min_max_scale, primary_output
 from pytorch_cam.grad_cam import GradCAM
 from pytorch_cam.meta_cam import MetaCAM, check_base_method
 from pytorch_cam.perturbation import score_rows
@@ -239,7 +239,7 @@ class SESS(MetaCAM, name="sess"):
         with base._eval_mode():
             if targets is None:
                 with torch.no_grad():
-                    outputs = self.model(x)
+                    outputs = base.run_model(x)
                 resolved = base._resolve_targets(None, outputs, b)
                 del outputs
             else:
@@ -310,7 +310,7 @@ class SESS(MetaCAM, name="sess"):
             with torch.no_grad():
                 everything = torch.ones(b, len(plan), dtype=torch.bool, device=x.device)
                 for patches, p, bi in self._chunks(x, plan, everything, bar):
-                    outputs = self.model(patches)
+                    outputs = primary_output(self.base_cam.run_model(patches))
                     if self.use_softmax_scores:
                         outputs = torch.softmax(outputs.float(), dim=-1)
                     scores[bi, p] = score_rows(outputs, targets, bi).float()

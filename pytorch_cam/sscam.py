@@ -65,6 +65,7 @@ class SSCAM(ScoreCAM, name="sscam"):
         cskip_rank: str = "max",
         progress: bool = True,
         device=None,
+        **kwargs,
     ) -> None:
         super().__init__(
             model,
@@ -75,6 +76,7 @@ class SSCAM(ScoreCAM, name="sscam"):
             cskip_rank=cskip_rank,
             progress=progress,
             device=device,
+            **kwargs,
         )
         self.num_samples = check_num_samples(num_samples)
         if not std >= 0:
