@@ -28,8 +28,10 @@ the layer's output in a full forward pass. Which path ran is logged at DEBUG lev
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,23 +69,35 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
             progress=progress,
             **kwargs,
         )
-        if ablation_layer is not None:
-            raise ValueError(
-                "ablation_layer is not needed: pytorch_cam ablates the target layer's output "
-                "directly (channel dim 1, or the last dim with a reshape_transform); drop the argument"
-            )
+        for name in ("activations_to_be_ablated", "set_next_batch"):
+            if ablation_layer is not None and not callable(getattr(ablation_layer, name, None)):
+                raise TypeError(
+                    f"ablation_layer must follow pytorch-grad-cam's ablation-layer protocol (it has no {name}()); "
+                    "pass AblationLayer(), AblationLayerVit() or AblationLayerFasterRCNN() from "
+                    "pytorch_cam.ablation_layer, or None (the default) for exact zeroing"
+                )
+        #: None: exact zeroing, batched over images and channels; else pytorch-grad-cam's ablation layer
+        self.ablation_layer = ablation_layer
+        # The layer object carries state between its protocol calls: one call at a time uses it.
+        self._ablation_layer_lock = threading.Lock()
         self.ratio_channels_to_ablate = check_ratio(ratio_channels_to_ablate)
         self._splits: Dict[int, Optional[TailSplit]] = {}  # id(layer) -> split, None: not splittable
 
     def run_with_layer_output(
-        self, layer: nn.Module, input_rows: torch.Tensor, new_output: torch.Tensor, memory_format: Optional[str] = None
+        self, layer: nn.Module, input_rows: torch.Tensor, new_output: Any, memory_format: Optional[str] = None
     ) -> Any:
-        """Model outputs when ``layer`` produces ``new_output`` instead of its own result."""
+        """Model outputs when ``layer`` produces ``new_output`` instead of its own result.
+
+        ``new_output`` is a tensor, or a callable (e.g. an ablation layer) applied to the layer's output.
+        """
 
         ran = []
+        make = new_output if callable(new_output) and not torch.is_tensor(new_output) else None
 
         def replace(module: nn.Module, inputs: Any, output: Any) -> Any:
             ran.append(True)
+            if make is not None:
+                return make(output)
             if isinstance(output, tuple):
                 return (new_output, *output[1:])
             if isinstance(output, list):
@@ -190,7 +204,52 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
             return None
         return pooled_linear_head(split)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_ablation_layer_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._ablation_layer_lock = threading.Lock()
+
+    def weights_with_ablation_layer(self, ctx: LayerContext) -> torch.Tensor:
+        """pytorch-grad-cam's ablation: image by image, through ``self.ablation_layer``'s protocol.
+
+        Each forward pass holds copies of one image; in copy j the ablation layer's output
+        (channel ``indices[j]`` ablated its way) replaces the target layer's output.
+        """
+        layer_obj, activations = self.ablation_layer, ctx.activations
+        b, c = activations.shape[:2]
+        original = ctx.target_scores.to(activations.device)
+        ablated = original[:, None].expand(b, c).clone()  # channels not ablated: no drop, weight 0
+        chunk = self.fixed_chunk_size() or 32  # "auto" does not apply: the layer object sets the pace
+        x = ctx.input_tensor
+        with self._ablation_layer_lock, torch.inference_mode():
+            try:
+                for i in range(b):
+                    picked = layer_obj.activations_to_be_ablated(
+                        activations[i].detach().cpu().numpy(), self.ratio_channels_to_ablate
+                    )
+                    channels = np.asarray(picked, dtype=np.int64).reshape(-1)
+                    for start in range(0, channels.size, chunk):
+                        part = channels[start : start + chunk]
+                        layer_obj.set_next_batch(
+                            input_batch_index=i, activations=ctx.raw_activations, num_channels_to_ablate=part.size
+                        )
+                        layer_obj.indices = part
+                        rows = x[i : i + 1].expand(part.size, *x.shape[1:])
+                        outputs = self.run_with_layer_output(ctx.layer, rows, layer_obj)
+                        image = torch.full((part.size,), i, dtype=torch.long, device=x.device)
+                        scores = self.score_rows(outputs, ctx.targets, image).to(ablated.dtype)
+                        ablated[i, torch.as_tensor(part, device=ablated.device)] = scores
+            finally:
+                layer_obj.activations = None  # the stacked copies: free them with the call
+        return relative_drop(original, ablated)
+
     def layer_weights(self, ctx: LayerContext) -> torch.Tensor:
+        if self.ablation_layer is not None:
+            return self.weights_with_ablation_layer(ctx)
         raw, activations = ctx.raw_activations, ctx.activations
         dim = self.channel_dim(raw, ctx.index)
         b, c = activations.shape[:2]

@@ -169,6 +169,23 @@ def target_score(target: Callable[[Any], Any], output_row: Any) -> torch.Tensor:
     return value.reshape(())
 
 
+def is_tensor_dict(value: Any) -> bool:
+    """Whether ``value`` is a non-empty dict of tensors (e.g. an FPN backbone's feature maps)."""
+    return isinstance(value, Mapping) and bool(value) and all(torch.is_tensor(v) for v in value.values())
+
+
+def tree_leaves(value: Any) -> List[torch.Tensor]:
+    """The tensors of a layer output: itself, or a dict's values."""
+    return list(value.values()) if isinstance(value, Mapping) else [value]
+
+
+def detach(value: Any) -> Any:
+    """A layer output (a tensor or a dict of tensors) detached from the graph."""
+    if isinstance(value, Mapping):
+        return type(value)((k, v.detach()) for k, v in value.items())
+    return value.detach()
+
+
 def primary_output(outputs: Any) -> Any:
     """The part of a model's output that targets score: the logits of a classifier or segmenter.
 
@@ -591,21 +608,31 @@ class BaseCAM(Registered):
         calls: Dict[int, int] = {}
         handles = []
 
+        def leaf(tensor: torch.Tensor) -> torch.Tensor:
+            if need_grads and not tensor.requires_grad:
+                # The network before the target layer ran without autograd (see capture_pass),
+                # or the trunk is frozen: record the rest of the forward from here on, without
+                # touching the user's requires_grad flags.
+                torch.set_grad_enabled(True)
+                tensor = tensor.detach().requires_grad_(True)
+            return tensor
+
         def make_hook(index: int, layer: nn.Module):
             def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
                 calls[index] = calls.get(index, 0) + 1
+                if is_tensor_dict(output):
+                    # A dict of feature maps (e.g. a detector's FPN backbone): every map is captured, and
+                    # the reshape transform (e.g. fasterrcnn_reshape_transform) merges them.
+                    tensor = type(output)((k, leaf(v)) for k, v in output.items())
+                    store[index] = tensor
+                    return type(output)((k, v.clone()) for k, v in tensor.items())
                 tensor = output[0] if isinstance(output, (tuple, list)) else output
                 if not torch.is_tensor(tensor):
                     raise TypeError(
                         f"target layer {index} ({type(layer).__name__}) returned "
                         f"{type(output).__name__}, not a tensor; choose a layer that outputs a tensor"
                     )
-                if need_grads and not tensor.requires_grad:
-                    # The network before the target layer ran without autograd (see capture_pass),
-                    # or the trunk is frozen: record the rest of the forward from here on, without
-                    # touching the user's requires_grad flags.
-                    torch.set_grad_enabled(True)
-                    tensor = tensor.detach().requires_grad_(True)
+                tensor = leaf(tensor)
                 store[index] = tensor
                 # The model continues on a copy: in-place ops after the layer (ReLU(inplace=True),
                 # ResNet's `out += identity`) would otherwise overwrite the captured activation and
@@ -710,34 +737,44 @@ class BaseCAM(Registered):
                     "(GradCAM, GradCAM++, XGradCAM, ...) need autograd; remove the no_grad "
                     "from forward or use a gradient-free method (ScoreCAM, AblationCAM, EigenCAM)"
                 )
-            wrt = [store[i] for i in range(n_layers)]
+            # Dict-valued layers contribute one tensor per entry; their gradients are put back in a dict.
+            wrt = [t for i in range(n_layers) for t in tree_leaves(store[i])]
             if self.compute_input_gradient:
                 wrt.append(x_in)
             with torch.enable_grad():
                 grads = torch.autograd.grad(total, wrt, allow_unused=True, create_graph=keep_graph)
-            for i, g in enumerate(grads[:n_layers]):
+            missing_grad = set()
+            flat = []
+            for t, g in zip(wrt, grads):
                 if g is None:
+                    g = torch.zeros_like(t)
+                    missing_grad.add(id(t))
+                flat.append(float32_outputs(g if keep_graph else g.detach()))
+            pos = 0
+            for i in range(n_layers):
+                leaves = tree_leaves(store[i])
+                if all(id(t) in missing_grad for t in leaves):
                     logger.warning(
                         "the target score does not depend on target layer %s; its gradient is zero",
                         self._layer_name(i),
                     )
-                    g = torch.zeros_like(wrt[i])
-                g = g if keep_graph else g.detach()
-                call.raw_gradients[i] = float32_outputs(g)
+                if torch.is_tensor(store[i]):
+                    call.raw_gradients[i] = flat[pos]
+                else:
+                    call.raw_gradients[i] = type(store[i])(zip(store[i].keys(), flat[pos : pos + len(leaves)]))
+                pos += len(leaves)
             if self.compute_input_gradient:
                 g = grads[-1]
                 call.input_gradient = torch.zeros_like(x) if g is None else float32_outputs(g.detach())
         attached = keep_graph or differentiable
-        call.raw_activations = {
-            i: float32_outputs(store[i] if attached else store[i].detach()) for i in range(n_layers)
-        }
+        call.raw_activations = {i: float32_outputs(store[i] if attached else detach(store[i])) for i in range(n_layers)}
         if not differentiable:
             call.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
             # The record kept for cam.outputs / cam.activations_and_grads must not hold a graph alive.
             self._last.call = dataclasses.replace(
                 call,
-                raw_activations={i: a.detach() for i, a in call.raw_activations.items()},
-                raw_gradients={i: g.detach() for i, g in call.raw_gradients.items()},
+                raw_activations={i: detach(a) for i, a in call.raw_activations.items()},
+                raw_gradients={i: detach(g) for i, g in call.raw_gradients.items()},
             )
         else:
             self._last.call = call
@@ -795,6 +832,13 @@ class BaseCAM(Registered):
         """The reshape transform of layer ``index``: the user's, else the inferred one (inferring it once)."""
         if self.reshape_transform is not None:
             return self.reshape_transform
+        if isinstance(tensor, Mapping):
+            raise ValueError(
+                f"target layer {self._layer_name(index)} returned a dict of feature maps ({describe_output(tensor)}); "
+                "pass a reshape_transform that merges them into one (B, C, H, W) tensor, e.g. "
+                "fasterrcnn_reshape_transform from pytorch_cam.utils.reshape_transforms for a torchvision detector's "
+                "FPN backbone"
+            )
         if index not in self.inferred.reshape_transforms:
             self.inferred.reshape_transforms[index] = self._infer_reshape_transform(tensor, index, size)
         return self.inferred.reshape_transforms[index]
