@@ -236,7 +236,7 @@ def test_bad_batch_size(cls, bad, net, x):
 
 
 def test_ablation_arguments(net):
-    with pytest.raises(ValueError, match="ablation_layer is not needed.*drop the argument"):
+    with pytest.raises(TypeError, match="ablation-layer protocol .*no activations_to_be_ablated.*AblationLayer"):
         AblationCAM(net, [net.features], ablation_layer=nn.Identity())
     for ratio in (0.0, -0.5, 1.01):
         with pytest.raises(ValueError, match=r"ratio_channels_to_ablate must be in \(0, 1\]"):
