@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torchvision
 
-from pytorch_cam.utils.image import load_image, preprocess_image
+from pytorch_cam.utils.image import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess_image
 from pytorch_cam.utils.nmf import nmf, relative_error
 
 PHOTO = Path(__file__).resolve().parents[1] / "usage_examples" / "images" / "chelsea.png"
@@ -64,7 +64,7 @@ def dff_matrix(arch: str, images: Sequence[np.ndarray]) -> np.ndarray:
     handle = model.layer4.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
     try:
         with torch.no_grad():
-            model(torch.cat([preprocess_image(im) for im in images]))
+            model(torch.cat([preprocess_image(im, mean=IMAGENET_MEAN, std=IMAGENET_STD) for im in images]))
     finally:
         handle.remove()
     acts = store["a"].numpy()

@@ -8,6 +8,8 @@ own names: a method registers itself with ``name=`` in its class statement (see
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+from pytorch_cam.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit  # noqa: F401
+from pytorch_cam.activations_and_gradients import ActivationsAndGradients  # noqa: F401
 from pytorch_cam.base_cam import BaseCAM, LayerContext  # noqa: F401
 from pytorch_cam.feature_factorization import DeepFeatureFactorization, run_dff_on_image  # noqa: F401
 from pytorch_cam.guided_backprop import GuidedBackpropReLUModel  # noqa: F401
@@ -27,6 +29,10 @@ __version__ = "0.1.0"
 
 __all__ = sorted(
     {
+        "AblationLayer",
+        "AblationLayerFasterRCNN",
+        "AblationLayerVit",
+        "ActivationsAndGradients",
         "BaseCAM",
         "DeepFeatureFactorization",
         "GuidedBackpropReLUModel",

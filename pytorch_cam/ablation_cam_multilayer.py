@@ -27,6 +27,7 @@ from torch import nn
 
 from pytorch_cam.base_cam import CallState, LayerContext
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
+from pytorch_cam.utils.find_layers import replace_layer_recursive  # noqa: F401 (pytorch-grad-cam has it here)
 
 
 class MultiLayerAblationCAM(PerturbationCAM, name="ablationcam_multilayer"):

@@ -82,6 +82,11 @@ class ActivationsAndGradients:
         finally:
             self.release()
 
+    def clear(self) -> None:
+        """Forget the recorded tensors (and, for ``detach=False``, the graph they hold)."""
+        self.activations = []
+        self.gradients = []
+
     def release(self) -> None:
         """Remove any hook still registered (none is left after a call returns)."""
         for handle in self.handles:

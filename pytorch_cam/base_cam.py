@@ -421,15 +421,16 @@ class BaseCAM(Registered):
     def get_cam_weights(
         self,
         input_tensor: torch.Tensor,
-        target_layer: nn.Module,
+        target_layers: nn.Module,
         targets: list,
         activations: torch.Tensor,
         grads: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """Channel weights (B, C), or element-wise weights shaped like ``activations``.
 
-        pytorch-grad-cam's extension point, kept for custom subclasses; methods that need more
-        (the layer's index, the target scores, the raw output) override ``layer_weights``.
+        pytorch-grad-cam's extension point, kept for custom subclasses (``target_layers`` is the
+        one layer being explained, under the peer's name); methods that need more (the layer's
+        index, the target scores, the raw output) override ``layer_weights``.
         """
         raise NotImplementedError
 
@@ -510,6 +511,74 @@ class BaseCAM(Registered):
     def __exit__(self, exc_type, exc_value, exc_tb) -> None:
         # Never return True: an exception raised inside ``with`` always propagates.
         self.release()
+
+    # ------------------------------------------------------------------ pytorch-grad-cam's pipeline steps
+    # Kept so code written against pytorch-grad-cam's BaseCAM keeps working; our own pipeline runs
+    # through forward_tensor and the layer_* extension points.
+    def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple:
+        """(W, H) of a 2-D batch, (D, W, H) of a volume batch (pytorch-grad-cam's order: last dim first)."""
+        if input_tensor.ndim not in (4, 5):
+            raise ValueError(f"expected a (B, C, H, W) or (B, C, D, H, W) batch, got shape {tuple(input_tensor.shape)}")
+        return tuple(int(s) for s in reversed(input_tensor.shape[2:]))
+
+    def get_cam_image(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: list,
+        activations: Any,
+        grads: Any,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        """One layer's map (B, *S) at the layer's resolution, before the ReLU, from given (B, C, *S)
+        activations and gradients (numpy arrays or tensors), as this method computes it."""
+        device = self.device
+
+        def as_tensor(a: Any) -> Optional[torch.Tensor]:
+            return None if a is None else torch.as_tensor(a).to(device)
+
+        acts, grad = as_tensor(activations), as_tensor(grads)
+        index = next((i for i, layer in enumerate(self.layers) if layer is target_layer), 0)
+        call = CallState(input_tensor=input_tensor, outputs=None, targets=list(targets or []))
+        ctx = LayerContext(
+            index=index,
+            layer=target_layer,
+            input_tensor=input_tensor,
+            targets=call.targets,
+            target_scores=None,
+            outputs=None,
+            raw_activations=acts,
+            activations=acts,
+            raw_grads=grad,
+            grads=grad,
+            input_gradient=None,
+            reshape=lambda tensor, what="tensor": tensor,
+            call=call,
+        )
+        with torch.no_grad():
+            return self.layer_cam(ctx, eigen_smooth).float().cpu().numpy()
+
+    def compute_cam_per_layer(
+        self, input_tensor: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool
+    ) -> List[np.ndarray]:
+        """One map per target layer, each (B, 1, *input spatial), rectified and scaled to [0, 1]."""
+        x = self._check_input(input_tensor)
+        self.ensure_layers(x)
+        with self._eval_mode():
+            call = self.capture_pass(x, targets)
+            maps = [self._layer_map(self.layer_context(call, i), eigen_smooth) for i in range(len(self.layers))]
+        return [m[:, None].detach().cpu().numpy() for m in maps]
+
+    def aggregate_multi_layers(self, cam_per_target_layer: Sequence[np.ndarray]) -> np.ndarray:
+        """The mean of per-layer maps (each (B, 1, *S)), rectified and scaled to [0, 1] per image."""
+        stacked = torch.relu(torch.as_tensor(np.concatenate(list(cam_per_target_layer), axis=1)))
+        return min_max_scale(stacked.mean(dim=1)).numpy()
+
+    def forward_augmentation_smoothing(
+        self, input_tensor: torch.Tensor, targets: Optional[Sequence[TargetLike]], eigen_smooth: bool = False
+    ) -> Union[np.ndarray, torch.Tensor]:
+        """``forward`` with test-time augmentation (``aug_smooth=True``)."""
+        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=True)
 
     # ------------------------------------------------------------------ pipeline
     def _check_input(self, input_tensor: torch.Tensor) -> torch.Tensor:

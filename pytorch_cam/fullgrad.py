@@ -64,6 +64,15 @@ class FullGrad(BaseCAM, name="fullgrad"):
             raise ValueError("FullGrad explains convolutional layers only; drop reshape_transform")
         super().__init__(model, layers, compute_input_gradient=True, **kwargs)
 
+    def get_bias_data(self, layer: nn.Module) -> torch.Tensor:
+        """The bias ``layer`` adds to its output (batch norm: its effective bias in eval mode)."""
+        return effective_bias(layer)
+
+    @property
+    def bias_data(self) -> list:
+        """The effective bias of every bias layer, in module order."""
+        return [effective_bias(layer) for layer in self.layers]
+
     def layer_weighted_activations(self, ctx: LayerContext) -> torch.Tensor:
         grads = ctx.grads
         bias = effective_bias(ctx.layer).to(grads.device, grads.dtype)

@@ -15,5 +15,5 @@ from pytorch_cam.base_cam import BaseCAM
 
 
 class GradCAM(BaseCAM, name="gradcam"):
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+    def get_cam_weights(self, input_tensor, target_layer, target_category, activations, grads) -> torch.Tensor:
         return grads.mean(dim=tuple(range(2, grads.ndim)))

@@ -21,7 +21,7 @@ _EPS = 1e-6
 
 
 class GradCAMPlusPlus(BaseCAM, name="gradcam++"):
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+    def get_cam_weights(self, input_tensor, target_layers, target_category, activations, grads) -> torch.Tensor:
         dims = tuple(range(2, grads.ndim))
         g2 = grads.pow(2)
         g3 = g2 * grads

@@ -62,6 +62,10 @@ class MetaCAM(Registered):
         return self.base_cam.uses_gradients
 
     @property
+    def compute_input_gradient(self) -> bool:
+        return self.base_cam.compute_input_gradient
+
+    @property
     def detach(self) -> bool:
         return self.base_cam.detach
 

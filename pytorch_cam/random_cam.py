@@ -29,7 +29,7 @@ class RandomCAM(BaseCAM, name="randomcam"):
         if seed is not None:
             self._generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+    def get_cam_weights(self, input_tensor, target_layer, target_category, activations, grads) -> torch.Tensor:
         shape = activations.shape[:2]
         u = torch.rand(shape, generator=self._generator, device=activations.device, dtype=torch.float32)
         return 2 * u - 1

@@ -17,7 +17,7 @@ _EPS = 1e-7
 
 
 class XGradCAM(BaseCAM, name="xgradcam"):
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+    def get_cam_weights(self, input_tensor, target_layer, target_category, activations, grads) -> torch.Tensor:
         dims = tuple(range(2, grads.ndim))
         act_sum = activations.sum(dim=dims, keepdim=True)
         return (grads * activations / (act_sum + _EPS)).sum(dim=dims)

@@ -195,7 +195,9 @@ def test_few_concepts_match_the_peer_concept_maps(resnet18, vgg11, x64):
 
 
 def test_call_returns_what_the_peer_returns(resnet18, x64):
-    ours = DeepFeatureFactorization(resnet18, resnet18.layer4, computation_on_concepts=resnet18.fc)(x64, 4)
+    ours_obj = DeepFeatureFactorization(resnet18, resnet18.layer4, computation_on_concepts=resnet18.fc)
+    assert ours_obj.activations_and_grads.activations == []  # before a call: an empty record
+    ours = ours_obj(x64, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peer_dff_obj = grad_cam_dff.DeepFeatureFactorization(
@@ -203,8 +205,14 @@ def test_call_returns_what_the_peer_returns(resnet18, x64):
         )
         try:
             peer = peer_dff_obj(x64, 4)
+            peer_activations = peer_dff_obj.activations_and_grads.activations[0].clone()
         finally:
             peer_dff_obj.activations_and_grads.release()  # the peer leaves its hooks otherwise
+    # dff.activations_and_grads: the factorised activations of the call, detached on the CPU, as the peer's.
+    record = ours_obj.activations_and_grads
+    assert len(record.activations) == 1 and record.gradients == []
+    assert record.activations[0].device.type == "cpu" and not record.activations[0].requires_grad
+    torch.testing.assert_close(record.activations[0], peer_activations, rtol=1e-5, atol=1e-5)
     concepts, explanations, scores = ours
     assert len(ours) == len(peer) == 3
     assert concepts.shape == peer[0].shape == (512, 4) and concepts.dtype == peer[0].dtype == np.float32

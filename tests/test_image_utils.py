@@ -11,6 +11,7 @@ from pytorch_cam.utils.image import (
     IMAGENET_STD,
     deprocess_image,
     preprocess_image,
+    scale_accross_batch_and_channels,
     scale_cam_image,
     show_cam_on_image,
 )
@@ -80,20 +81,34 @@ def test_show_cam_on_image_mask_shape(img, mask):
 
 # ------------------------------------------------------------------ pre/deprocessing and scaling
 def test_preprocess_image_closed_form(img):
+    # pytorch-grad-cam's defaults: mean = std = 0.5 per channel, i.e. [0, 1] -> [-1, 1].
     t = preprocess_image(img)
     assert t.shape == (1, 3, 6, 5) and t.dtype == torch.float32
+    np.testing.assert_allclose(t[0].numpy(), 2 * img.transpose(2, 0, 1) - 1, rtol=1e-6, atol=1e-7)
+    imagenet = preprocess_image(img, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     expected = (img - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-    np.testing.assert_allclose(t[0].numpy(), expected.transpose(2, 0, 1), rtol=1e-6)
-    custom = preprocess_image(img, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
-    np.testing.assert_allclose(custom[0].numpy(), (img.transpose(2, 0, 1) - 0.5) / 0.5, rtol=1e-6)
+    np.testing.assert_allclose(imagenet[0].numpy(), expected.transpose(2, 0, 1), rtol=1e-6)
+    # A uint8 image is divided by 255 first, as torchvision's ToTensor does.
+    as_uint8 = np.uint8(np.round(img * 255))
+    np.testing.assert_allclose(preprocess_image(as_uint8), preprocess_image(as_uint8 / np.float32(255)), atol=1e-6)
     with pytest.raises(ValueError, match=r"expects an \(H, W, channels\) image, got shape \(6, 5\)"):
         preprocess_image(img[..., 0])
+    with pytest.raises(ValueError, match=r"one value per channel of the image \(3\)"):
+        preprocess_image(img, mean=[0.5, 0.5])
+    with pytest.raises(ValueError, match="std must not contain 0"):
+        preprocess_image(img, std=[0.5, 0.0, 0.5])
 
 
-def test_preprocess_image_matches_grad_cam(img):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_preprocess_image_matches_grad_cam(img, dtype):
     peer = pytest.importorskip("pytorch_grad_cam.utils.image")
+    image = np.uint8(np.round(img * 255)) if dtype == np.uint8 else img.astype(dtype)
+    # Defaults, positional and keyword statistics: the same numbers as the peer (ours always float32).
+    np.testing.assert_allclose(preprocess_image(image).numpy(), peer.preprocess_image(image).numpy(), atol=1e-6)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    np.testing.assert_allclose(preprocess_image(img).numpy(), peer.preprocess_image(img, mean, std).numpy(), atol=1e-6)
+    ours = preprocess_image(image, mean, std)
+    assert ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), peer.preprocess_image(image, mean, std).numpy(), atol=1e-5)
 
 
 def test_deprocess_image():
@@ -125,3 +140,36 @@ def test_scale_cam_image_resize_takes_width_height():
     assert out.min() >= 0 and out.max() <= 1
     peer = pytest.importorskip("pytorch_grad_cam.utils.image")
     np.testing.assert_allclose(out, peer.scale_cam_image(cams, (10, 8)), atol=1e-5)
+
+
+# ------------------------------------------------------------------ scale_accross_batch_and_channels
+def test_scale_accross_batch_and_channels_matches_grad_cam():
+    peer = pytest.importorskip("pytorch_grad_cam.utils.image")
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 2, (2, 3, 5, 7)).astype(np.float32)
+    x[1, 2] = 4.0  # a constant map scales to 0
+    out = scale_accross_batch_and_channels(x, (11, 9))  # (width, height)
+    assert out.shape == (2, 3, 9, 11) and out.dtype == np.float32
+    np.testing.assert_allclose(out, peer.scale_accross_batch_and_channels(x, (11, 9)), atol=1e-5)
+    np.testing.assert_array_equal(out[1, 2], 0)
+    # every (image, channel) map on its own: the same as scaling it alone
+    np.testing.assert_allclose(out[0, 1], scale_cam_image(x[0, 1][None], (11, 9))[0], atol=1e-7)
+    assert torch.is_tensor(torch.from_numpy(scale_accross_batch_and_channels(torch.from_numpy(x), (7, 5))))
+    with pytest.raises(ValueError, match=r"\(batch, channels, \*spatial\)"):
+        scale_accross_batch_and_channels(x[0, 0], (7, 5))
+
+
+def test_scale_cam_image_volumes():
+    vol = np.random.default_rng(6).uniform(0, 3, (2, 4, 5, 6)).astype(np.float32)  # (N, D, H, W)
+    out = scale_cam_image(vol, (12, 10, 8))  # reverse axis order: (width, height, depth)
+    assert out.shape == (2, 8, 10, 12) and out.min() >= 0 and out.max() <= 1
+    np.testing.assert_allclose(scale_cam_image(vol, (6, 5, 4)), scale_cam_image(vol), atol=1e-6)
+    peer = pytest.importorskip("pytorch_grad_cam.utils.image")
+    # The peer resizes volumes with a cubic spline, we trilinearly (as BaseCAM upsamples volume
+    # maps): close on smooth maps, not equal.
+    z, y, x = np.meshgrid(np.linspace(0, 1, 4), np.linspace(0, 1, 5), np.linspace(0, 1, 6), indexing="ij")
+    smooth = np.stack([np.sin(2 * x + y) + z, np.cos(3 * y) * x + z * z]).astype(np.float32)
+    diff = np.abs(scale_cam_image(smooth, (12, 10, 8)) - peer.scale_cam_image(smooth, (12, 10, 8)))
+    assert diff.mean() < 0.02 and diff.max() < 0.1
+    with pytest.raises(ValueError, match="one size per axis"):
+        scale_cam_image(vol, (12, 10))

@@ -26,12 +26,14 @@ instead of scikit-learn: factors may differ (NMF is not unique), the reconstruct
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from pytorch_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_cam.base_cam import BaseCAM, CallState, min_max_scale, model_device, resize_maps
 from pytorch_cam.utils.image import create_labels_legend, show_factorization_on_image
 from pytorch_cam.utils.nmf import nmf
@@ -127,6 +129,30 @@ class DeepFeatureFactorization:
         self.target_layer = target_layer
         self.reshape_transform = reshape_transform
         self.computation_on_concepts = computation_on_concepts
+        # The activations factorised by this thread's last call (grad-cam's dff.activations_and_grads).
+        self._last = threading.local()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_last", None)  # thread-local results of past calls do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._last = threading.local()
+
+    @property
+    def activations_and_grads(self) -> ActivationsAndGradients:
+        """This thread's last call as a grad-cam ``ActivationsAndGradients``: ``.activations`` holds the
+        factorised (B, C, h, w) activations (after the reshape transform, detached, on the CPU);
+        ``.gradients`` is empty (DFF runs no backward pass). A record only: no hooks are left on
+        the model."""
+        layers = self._reader.layers
+        record = ActivationsAndGradients(self.model, layers, self.reshape_transform)
+        activations = getattr(self._last, "activations", None)
+        if activations is not None:
+            record.activations.append(record.keep(activations))
+        return record
 
     @property
     def inferred(self):
@@ -167,6 +193,7 @@ class DeepFeatureFactorization:
                 f"target layer {reader._layer_name(0)} produced activations of shape {tuple(acts.shape)}; "
                 "DeepFeatureFactorization needs 2-D feature maps (B, C, h, w)"
             )
+        self._last.activations = acts.detach()
         concepts, maps = _factorize(acts, n_components)
         b, k, h, w = maps.shape
         maps = min_max_scale(maps.float().reshape(b * k, h, w))

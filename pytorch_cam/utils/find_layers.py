@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -37,6 +37,8 @@ __all__ = [
     "known_num_prefix_tokens",
     "is_swin_model",
     "module_name",
+    "replace_all_layer_type_recursive",
+    "replace_layer_recursive",
 ]
 
 _ADAPTIVE_POOLS = (
@@ -55,14 +57,70 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 def find_layer_types_recursive(
     model: nn.Module, layer_types: Union[Type[nn.Module], Sequence[Type[nn.Module]]]
 ) -> List[nn.Module]:
-    """Every submodule (the model included) that is an instance of one of ``layer_types``, in definition order."""
-    types = tuple(layer_types) if isinstance(layer_types, (list, tuple)) else (layer_types,)
+    """Every submodule of ``model`` that is an instance of one of ``layer_types``, in definition order.
+
+    Subclasses count (timm's ``Conv2dSame`` is an ``nn.Conv2d``); ``model`` itself is not a
+    candidate, and a module registered in two places is listed once.
+    """
+    types = tuple(layer_types) if isinstance(layer_types, (list, tuple, set, frozenset)) else (layer_types,)
+    if not types or not all(isinstance(t, type) for t in types):
+        raise TypeError(
+            f"layer_types must be a module class or a sequence of them, e.g. [nn.Conv2d], got {layer_types!r}"
+        )
     return find_layer_predicate_recursive(model, lambda m: isinstance(m, types))
 
 
 def find_layer_predicate_recursive(model: nn.Module, predicate: Callable[[nn.Module], bool]) -> List[nn.Module]:
-    """Every submodule (the model included) for which ``predicate(module)`` is true, in definition order."""
-    return [m for m in model.modules() if predicate(m)]
+    """Every submodule of ``model`` (not ``model`` itself) for which ``predicate(module)`` is true,
+    in definition order (depth first); a module registered in two places is listed once."""
+    return [m for m in model.modules() if m is not model and predicate(m)]
+
+
+def _children_slots(module: nn.Module) -> Iterator[Tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute name, child) for every registered child, depth first in definition order.
+
+    A parent's direct children come before the children of its first child is entered (pre-order
+    per child): the order in which a recursive search finds them.
+    """
+    stack = [(module, iter(list(module._modules.items())))]
+    while stack:
+        parent, children = stack[-1]
+        for name, child in children:
+            if child is not None:
+                yield parent, name, child
+                stack.append((child, iter(list(child._modules.items()))))
+                break
+        else:
+            stack.pop()
+
+
+def replace_layer_recursive(model: nn.Module, old_layer: nn.Module, new_layer: nn.Module) -> bool:
+    """Put ``new_layer`` in the place of ``old_layer`` inside ``model``; whether it was found.
+
+    Only the first place ``old_layer`` is registered (depth first, in definition order) is
+    replaced. This changes ``model``: it is meant for building modified models, not for explaining
+    one (the CAM methods never call it on the user's model).
+    """
+    for parent, name, child in _children_slots(model):
+        if child is old_layer:
+            parent._modules[name] = new_layer
+            return True
+    return False
+
+
+def replace_all_layer_type_recursive(
+    model: nn.Module, old_layer_type: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]], new_layer: nn.Module
+) -> None:
+    """Put ``new_layer`` (one shared instance) in the place of every submodule of ``model`` that
+    is an instance of ``old_layer_type``, e.g. ``(model, nn.ReLU, GuidedReLU())``.
+
+    The matches are all found in the tree as it was before any replacement (inside a replaced
+    module too), and ``new_layer`` itself is never searched, so replacing a type with an instance
+    of a subclass cannot loop. Changes ``model``.
+    """
+    slots = [(parent, name) for parent, name, child in _children_slots(model) if isinstance(child, old_layer_type)]
+    for parent, name in slots:
+        parent._modules[name] = new_layer
 
 
 def module_name(model: nn.Module, layer: nn.Module) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "preprocess_image",
     "deprocess_image",
     "scale_cam_image",
+    "scale_accross_batch_and_channels",
     "load_image",
     "show_factorization_on_image",
     "create_labels_legend",
@@ -77,14 +78,33 @@ def show_cam_on_image(
 
 def preprocess_image(
     img: np.ndarray,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
 ) -> torch.Tensor:
-    """(H, W, 3) float image in [0, 1] -> normalised (1, 3, H, W) float tensor."""
-    arr = np.asarray(img, dtype=np.float32)
+    """(H, W, C) image -> normalised (1, C, H, W) float32 tensor: ``(img - mean) / std`` per channel.
+
+    The defaults (0.5, 0.5, 0.5) map [0, 1] to [-1, 1], as pytorch-grad-cam's do; torchvision's
+    ImageNet-trained models expect ``mean=IMAGENET_MEAN, std=IMAGENET_STD`` instead. A uint8 image
+    is divided by 255 first (as ``torchvision.transforms.ToTensor`` does); a float image is taken
+    as already in [0, 1].
+    """
+    arr = np.asarray(img)
     if arr.ndim != 3:
-        raise ValueError(f"preprocess_image expects an (H, W, channels) image, got shape {arr.shape}")
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        raise ValueError(
+            f"preprocess_image expects an (H, W, channels) image, got shape {arr.shape}; "
+            "add the channel axis with img[..., None] for a grey image"
+        )
+    scale = 1.0 / 255.0 if arr.dtype == np.uint8 else 1.0
+    arr = arr.astype(np.float32) * np.float32(scale)
+    mean_arr, std_arr = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if mean_arr.size not in (1, arr.shape[2]) or std_arr.size not in (1, arr.shape[2]):
+        raise ValueError(
+            f"mean ({mean_arr.size} values) and std ({std_arr.size} values) must have one value per channel "
+            f"of the image ({arr.shape[2]}) or a single value"
+        )
+    if np.any(std_arr == 0):
+        raise ValueError(f"std must not contain 0, got {list(np.ravel(std_arr))}")
+    arr = (arr - mean_arr.reshape(-1)) / std_arr.reshape(-1)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
 
 
@@ -98,18 +118,52 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
 
 
 def scale_cam_image(cam: np.ndarray, target_size: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Min-max scale each map of a batch to [0, 1] and optionally resize to ``(width, height)``.
+    """Min-max scale each map of a batch to [0, 1] and optionally resize it.
 
-    ``target_size`` follows OpenCV's (width, height) order, as in pytorch-grad-cam.
+    ``cam`` is (N, H, W) or, for volumes, (N, D, H, W). ``target_size`` lists the sizes in reverse
+    axis order, as in pytorch-grad-cam and OpenCV: ``(width, height)`` for 2-D maps,
+    ``(width, height, depth)`` for 3-D ones. 2-D maps are resized bilinearly with OpenCV, 3-D maps
+    trilinearly with torch (pytorch-grad-cam uses a cubic spline there). A constant map scales to 0.
     """
     out = []
     for m in np.asarray(cam, dtype=np.float32):
         rng = m.max() - m.min()
         m = (m - m.min()) / rng if rng > 0 else np.zeros_like(m)
         if target_size is not None:
-            m = cv2.resize(m, tuple(int(s) for s in target_size))
+            m = _resize(m, target_size)
         out.append(m)
     return np.float32(out)
+
+
+def _resize(m: np.ndarray, target_size: Sequence[int]) -> np.ndarray:
+    size = tuple(int(s) for s in target_size)
+    if len(size) != m.ndim:
+        raise ValueError(
+            f"target_size {size} must give one size per axis of the {m.ndim}-D map {m.shape}, in reverse order "
+            "((width, height) for 2-D maps)"
+        )
+    if m.ndim == 2:
+        return cv2.resize(m, size)
+    t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
+    mode = {1: "linear", 3: "trilinear"}.get(m.ndim)
+    if mode is None:
+        raise ValueError(f"cannot resize a {m.ndim}-D map; maps must be 1-, 2- or 3-D")
+    return torch.nn.functional.interpolate(t, size=size[::-1], mode=mode, align_corners=False)[0, 0].numpy()
+
+
+def scale_accross_batch_and_channels(tensor: np.ndarray, target_size: Optional[Sequence[int]]) -> np.ndarray:
+    """``scale_cam_image`` for every (image, channel) map of a (B, C, *spatial) array.
+
+    Each map is min-max scaled to [0, 1] on its own and resized to ``target_size`` (reverse axis
+    order: ``(width, height)``); the result is float32 (B, C, *reversed(target_size)). The name's
+    spelling is pytorch-grad-cam's.
+    """
+    arr = np.asarray(tensor.detach().cpu().numpy() if torch.is_tensor(tensor) else tensor, dtype=np.float32)
+    if arr.ndim < 3:
+        raise ValueError(f"expected a (batch, channels, *spatial) array, got shape {arr.shape}")
+    batch, channels = arr.shape[:2]
+    scaled = scale_cam_image(arr.reshape(batch * channels, *arr.shape[2:]), target_size)
+    return scaled.reshape(batch, channels, *scaled.shape[1:])
 
 
 # matplotlib's 'gist_rainbow' colour map (the DFF authors' default), as (position, RGB) stops. Kept

@@ -20,6 +20,8 @@ __all__ = [
     "FasterRCNNBoxScoreTarget",
     "SimilarityToConceptTarget",
     "FinerWeightedTarget",
+    "SoftmaxOutputTarget",
+    "RawScoresOutputTarget",
 ]
 
 
@@ -76,6 +78,30 @@ class BinaryClassifierOutputTarget:
             )
         sign = 1.0 if self.category == 1 else -1.0
         return (model_output * sign).sum()
+
+
+class SoftmaxOutputTarget:
+    """All class probabilities ``softmax(model_output)`` over the last axis (a vector, not a scalar).
+
+    For the metrics (e.g. ROAD, confidence changes), which compare the whole output before and
+    after a perturbation; a CAM needs a scalar target such as ``ClassifierOutputSoftmaxTarget(k)``.
+    """
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model_output, dim=-1)
+
+    def __repr__(self) -> str:
+        return "SoftmaxOutputTarget()"
+
+
+class RawScoresOutputTarget:
+    """The model output itself (all raw scores); for the metrics, as ``SoftmaxOutputTarget``."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output
+
+    def __repr__(self) -> str:
+        return "RawScoresOutputTarget()"
 
 
 class SemanticSegmentationTarget:
@@ -144,25 +170,25 @@ class FasterRCNNBoxScoreTarget:
         self.bounding_boxes = boxes
         self.iou_threshold = float(iou_threshold)
 
-    def __call__(self, model_output: dict) -> torch.Tensor:
-        if not isinstance(model_output, dict) or not {"boxes", "labels", "scores"} <= set(model_output):
+    def __call__(self, model_outputs: dict) -> torch.Tensor:
+        if not isinstance(model_outputs, dict) or not {"boxes", "labels", "scores"} <= set(model_outputs):
             raise TypeError(
                 "FasterRCNNBoxScoreTarget expects one image's detection dict with 'boxes', 'labels' and "
-                f"'scores' (torchvision detection output), got {type(model_output).__name__}"
+                f"'scores' (torchvision detection output), got {type(model_outputs).__name__}"
             )
         from torchvision.ops import box_iou
 
-        boxes = model_output["boxes"]
+        boxes = model_outputs["boxes"]
         total = torch.zeros((), device=boxes.device, dtype=boxes.dtype)
         if boxes.shape[0] == 0 or self.bounding_boxes.shape[0] == 0:
-            return total + 0 * model_output["scores"].sum()
+            return total + 0 * model_outputs["scores"].sum()
         reference = self.bounding_boxes.to(boxes.device, boxes.dtype)
         ious = box_iou(reference, boxes)  # (R, N)
         best_iou, best = ious.max(dim=1)
         matched = (best_iou > self.iou_threshold) & (
-            model_output["labels"][best] == self.labels.to(model_output["labels"].device)
+            model_outputs["labels"][best] == self.labels.to(model_outputs["labels"].device)
         )
-        contrib = best_iou + model_output["scores"][best]
+        contrib = best_iou + model_outputs["scores"][best]
         return total + torch.where(matched, contrib, torch.zeros_like(contrib)).sum()
 
 

@@ -14,7 +14,9 @@ needs no arguments::
 
 ``BaseCAM`` passes ``input_size=(H, W)`` to any transform whose signature accepts an
 ``input_size`` keyword; a one-argument ``transform(tensor)`` (the pytorch-grad-cam style) is
-called as before. Explicit values are accepted for the rare ambiguous case, via
+called as before. Explicit values are accepted as in pytorch-grad-cam,
+``vit_reshape_transform(tensor, height, width)`` (``functools.partial(vit_reshape_transform,
+height=16, width=16)``), and for the rare ambiguous prefix count via
 ``functools.partial(vit_reshape_transform, num_prefix_tokens=2)`` or the factories
 ``make_vit_reshape_transform(...)`` / ``make_swin_reshape_transform(...)``.
 
@@ -32,9 +34,10 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Callable, NamedTuple, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Callable, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "MAX_PREFIX_TOKENS",
@@ -42,10 +45,12 @@ __all__ = [
     "TokenGrid",
     "accepts_input_size",
     "call_reshape_transform",
+    "fasterrcnn_reshape_transform",
     "infer_token_grid",
     "make_swin_reshape_transform",
     "make_vit_reshape_transform",
     "swin_reshape_transform",
+    "swinT_reshape_transform",
     "vit_reshape_transform",
 ]
 
@@ -59,7 +64,7 @@ Size = Tuple[int, int]
 class ReshapeTransform(Protocol):
     """A layer-output transform that may use the input's spatial size (H, W)."""
 
-    def __call__(self, tensor: torch.Tensor, input_size: Optional[Sequence[int]] = None) -> torch.Tensor: ...
+    def __call__(self, tensor: torch.Tensor, *, input_size: Optional[Sequence[int]] = None) -> torch.Tensor: ...
 
 
 class TokenGrid(NamedTuple):
@@ -188,16 +193,18 @@ def _tokens_to_map(tensor: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
 
 def vit_reshape_transform(
     tensor: torch.Tensor,
-    input_size: Optional[Sequence[int]] = None,
-    *,
     height: Optional[int] = None,
     width: Optional[int] = None,
+    *,
+    input_size: Optional[Sequence[int]] = None,
     num_prefix_tokens: Optional[int] = None,
 ) -> torch.Tensor:
-    """ViT/DeiT tokens (B, N, C) -> (B, C, h, w), dropping class/distillation/register tokens.
+    """ViT/DeiT tokens (B, N, C) -> (B, C, height, width), dropping class/distillation/register tokens.
 
-    The grid and the number of prefix tokens are inferred from N and ``input_size`` (passed by
-    CAM); see the module docstring. Give ``height``/``width``/``num_prefix_tokens`` to override.
+    Called as pytorch-grad-cam's ``vit_reshape_transform(tensor, height, width)``: with ``height``
+    and ``width`` given, the first ``N - height * width`` tokens are the prefix. Left out (the
+    default), the grid and the prefix count are inferred from N and ``input_size`` (which CAM
+    passes), see the module docstring; ``num_prefix_tokens`` settles an ambiguous count.
     """
     if tensor.ndim != 3:
         hint = " A 4-D (B, H, W, C) output is channels-last: use swin_reshape_transform." if tensor.ndim == 4 else ""
@@ -210,28 +217,60 @@ def vit_reshape_transform(
 
 def swin_reshape_transform(
     tensor: torch.Tensor,
-    input_size: Optional[Sequence[int]] = None,
-    *,
     height: Optional[int] = None,
     width: Optional[int] = None,
+    *,
+    input_size: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
-    """Swin outputs -> (B, C, H, W).
+    """Swin outputs -> (B, C, H, W); also available as pytorch-grad-cam's ``swinT_reshape_transform``.
 
-    Channels-last maps (B, H, W, C) (torchvision, timm >= 0.9) are permuted; token sequences
-    (B, H*W, C) (older timm) are reshaped to the grid inferred from ``input_size`` (Swin has no
-    prefix tokens).
+    Channels-last maps (B, H, W, C) (torchvision, timm >= 0.9) are permuted (``height``/``width``,
+    if given, must match them); token sequences (B, H*W, C) (older timm) are laid out on the
+    ``height x width`` grid, or, when those are left out, on the grid inferred from
+    ``input_size`` (Swin has no prefix tokens).
     """
     if tensor.ndim == 4:
         if (height is not None and tensor.shape[1] != height) or (width is not None and tensor.shape[2] != width):
             raise ValueError(
                 f"swin_reshape_transform got a (B, H, W, C) map of shape {tuple(tensor.shape)} but "
-                f"height={height}, width={width}"
+                f"height={height}, width={width}; leave height and width out to take the map's own grid"
             )
         return tensor.permute(0, 3, 1, 2)
     if tensor.ndim == 3:
         grid = infer_token_grid(tensor.shape[1], input_size, num_prefix_tokens=0, height=height, width=width)
         return _tokens_to_map(tensor, grid)
     raise ValueError(f"swin_reshape_transform expects (B, H, W, C) or (B, H*W, C), got shape {tuple(tensor.shape)}")
+
+
+#: pytorch-grad-cam's name for ``swin_reshape_transform``.
+swinT_reshape_transform = swin_reshape_transform
+
+
+def fasterrcnn_reshape_transform(x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A feature pyramid (torchvision detection backbones' ``OrderedDict`` of (B, C_l, H_l, W_l)
+    levels) -> one (B, sum C_l, h, w) map.
+
+    Every level's magnitude ``|x_l|`` is resized bilinearly to the grid of the coarsest level (the
+    ``'pool'`` level of torchvision's FPN when present) and the levels are stacked along channels,
+    so a CAM weighs the evidence of all scales together. Target the backbone (``model.backbone``)
+    of a Faster R-CNN with it.
+    """
+    if not isinstance(x, Mapping) or not x:
+        raise ValueError(
+            "fasterrcnn_reshape_transform expects the feature pyramid of a detection backbone, a dict of "
+            f"(B, C, H, W) tensors (e.g. target_layers=[model.backbone]), got {type(x).__name__}"
+        )
+    levels = list(x.values())
+    if any(not torch.is_tensor(t) or t.ndim != 4 for t in levels):
+        shapes = [tuple(t.shape) if torch.is_tensor(t) else type(t).__name__ for t in levels]
+        raise ValueError(f"fasterrcnn_reshape_transform needs (B, C, H, W) tensors at every level, got {shapes}")
+    coarsest = x["pool"] if "pool" in x else min(levels, key=lambda t: t.shape[-2] * t.shape[-1])
+    size = tuple(coarsest.shape[-2:])
+    resized = [
+        t.abs() if tuple(t.shape[-2:]) == size else F.interpolate(t.abs(), size, mode="bilinear", align_corners=False)
+        for t in levels
+    ]
+    return torch.cat(resized, dim=1)
 
 
 def make_vit_reshape_transform(
