@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import LayerContext, logger
+from pytorch_cam.base_cam import LayerContext, describe_output, logger
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
 from pytorch_cam.utils.fx_split import TailSplit, pooled_linear_head, split_after
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
@@ -251,6 +251,13 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         if self.ablation_layer is not None:
             return self.weights_with_ablation_layer(ctx)
         raw, activations = ctx.raw_activations, ctx.activations
+        if not torch.is_tensor(raw):
+            raise ValueError(
+                f"AblationCAM zeroes channels of one tensor, but target layer {self._layer_name(ctx.index)} returned "
+                f"{describe_output(raw)}; pass ablation_layer=AblationLayerFasterRCNN() (from "
+                "pytorch_cam.ablation_layer) for a torchvision detector's FPN backbone, or an ablation layer of your "
+                "own with the same protocol"
+            )
         dim = self.channel_dim(raw, ctx.index)
         b, c = activations.shape[:2]
         if raw.shape[dim] != c:

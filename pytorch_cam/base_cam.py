@@ -867,6 +867,13 @@ class BaseCAM(Registered):
             return self._to_spatial(tensor, index, what, transform, size)
 
         acts = reshape(raw, "activations")
+        batch = call.input_tensor.shape[0]
+        if acts.shape[0] != batch:
+            raise ValueError(
+                f"target layer {self._layer_name(index)} produced activations of shape {tuple(acts.shape)} for a batch "
+                f"of {batch} images: its output is not per image (e.g. a parameter or a position table); choose a "
+                "layer whose output has one row per image"
+            )
         raw_grads = call.raw_gradients.get(index)
         grads = reshape(raw_grads, "gradients") if raw_grads is not None else None
         if math.prod(acts.shape[2:]) == 1:

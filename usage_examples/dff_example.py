@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> np.ndarray:
     image = load_rgb(args.image_path, args.image_size)
     model, categories = build_model(args.arch, args.weights)
     model = model.to(args.device).eval()
-    x = preprocess_image(image).to(args.device)
+    x = preprocess_image(image, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]).to(args.device)  # ImageNet
 
     picture = run_dff_on_image(
         model,

@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> np.ndarray:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     image = load_rgb(args.image_path, args.height, args.width)
     model = build_model(args.weights).to(args.device).eval()
-    x = preprocess_image(image).to(args.device)
+    x = preprocess_image(image, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]).to(args.device)  # ImageNet
     targets = None if args.target_class is None else [ClassifierOutputTarget(args.target_class)]
     extra = {"progress": False} if args.method in BATCHED else {}
 

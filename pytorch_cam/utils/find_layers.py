@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from pytorch_cam.utils.hf_models import hf_layout, hf_num_prefix_tokens, hf_target_layers
 from pytorch_cam.utils.model_state import eval_mode
 
 logger = logging.getLogger("pytorch_cam")
@@ -149,6 +150,9 @@ def is_swin_model(model: nn.Module) -> bool:
 
 def known_num_prefix_tokens(model: nn.Module) -> Optional[int]:
     """Class/distillation/register tokens in front of the patch tokens, when the model says so."""
+    hf = hf_num_prefix_tokens(model)  # HuggingFace models (CLS, distillation and register tokens)
+    if hf is not None:
+        return hf
     n = getattr(model, "num_prefix_tokens", None)  # timm ViT family
     if isinstance(n, int) and not isinstance(n, bool):
         return n
@@ -162,6 +166,9 @@ def known_num_prefix_tokens(model: nn.Module) -> Optional[int]:
 
 def find_transformer_target_layers(model: nn.Module) -> Optional[List[nn.Module]]:
     """The last block's first norm for known transformer families, else ``None``."""
+    hf = hf_target_layers(model)  # HuggingFace ViT/DeiT/Swin/DINOv2/... (and the last stage of its CNNs)
+    if hf is not None:
+        return hf
     name = type(model).__name__
     tv = type(model).__module__.startswith("torchvision.")
     if tv and name == "VisionTransformer":
@@ -194,7 +201,8 @@ def find_spatial_target_layer(model: nn.Module, input_tensor: torch.Tensor) -> n
     def make_hook(name: str):
         def hook(module: nn.Module, inputs, output) -> None:
             t = output[0] if isinstance(output, (tuple, list)) and output else output
-            if torch.is_tensor(t):
+            # Only per-image outputs: a parameter or a position table (batch dim 1 for a larger batch) is no map.
+            if torch.is_tensor(t) and t.ndim > 0 and t.shape[0] == 2:
                 records.append((name, module, t))
 
         return hook
@@ -203,8 +211,10 @@ def find_spatial_target_layer(model: nn.Module, input_tensor: torch.Tensor) -> n
         for name, m in model.named_modules():
             if name:  # not the root: its output is the prediction
                 handles.append(m.register_forward_hook(make_hook(name)))
+        # Two images, so that an output that is not per image (batch dim 1) tells itself apart.
+        probe = input_tensor[:1].repeat(2, *([1] * (input_tensor.ndim - 1)))
         with torch.no_grad():
-            model(input_tensor)
+            model(probe)
     finally:
         for h in handles:
             h.remove()
@@ -246,6 +256,9 @@ def find_default_target_layers(model: nn.Module, input_tensor: Optional[torch.Te
     """
     layers = find_transformer_target_layers(model)
     how = "the last transformer block's first norm"
+    layout = hf_layout(model)
+    if layers is not None and layout is not None and not layout.tokens:
+        how = "the last stage of the HuggingFace CNN"
     if layers is None:
         if input_tensor is None:
             raise ValueError(
