@@ -182,7 +182,8 @@ def test_targets_must_be_a_list_of_targets(net, x):
 def test_top_class_needs_a_classifier_output(x):
     seg = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
     with GradCAM(seg, [seg[1]]) as cam:
-        with pytest.raises(ValueError, match=r"returned a tensor of shape \(2, 2, 12, 12\). Pass one target.*Segmentation"):
+        expected = r"returned a tensor of shape \(2, 2, 12, 12\). Pass one target.*Segmentation"
+        with pytest.raises(ValueError, match=expected):
             cam(x)
 
 

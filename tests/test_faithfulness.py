@@ -151,6 +151,28 @@ def test_a_failing_method_is_a_row_not_an_exception(scenes_cnn):
     assert table[-1].startswith("| cam | failed: ValueError: fc_layer takes 64") and table[-1].count("|") == 12
 
 
+def test_precision_reaches_the_methods_and_the_metrics(scenes_cnn, monkeypatch):
+    from pytorch_cam.metrics import faithfulness
+
+    assert (
+        faithfulness.build_method("gradcam", scenes_cnn, [scenes_cnn.target_layer], precision="bf16").precision
+        == "bf16"
+    )
+    assert faithfulness.build_method("scorecam", scenes_cnn, [scenes_cnn.target_layer]).precision == "fp32"
+    seen = []
+    real = faithfulness.road_score
+    monkeypatch.setattr(faithfulness, "road_score", lambda *a, **k: seen.append(k["precision"]) or real(*a, **k))
+    fp32, _ = evaluate(scenes_cnn, 4, ["gradcam"], steps=4, percentiles=(50,))
+    bf16, _ = evaluate(scenes_cnn, 4, ["gradcam"], steps=4, percentiles=(50,), precision="bf16")
+    assert seen == ["fp32"] * 3 + ["bf16"] * 3  # oracle, random, gradcam
+    for a, b in zip(fp32, bf16):
+        assert a["method"] == b["method"]
+        for key in ("deletion", "insertion", "road"):  # bf16 forwards: probabilities within ~0.01
+            assert abs(a[key] - b[key]) < 0.02, (a["method"], key)
+    with pytest.raises(ValueError, match="precision must be 'fp32'"):
+        evaluate(scenes_cnn, 2, ["gradcam"], precision="fp8")
+
+
 def test_evaluation_errors(scenes_cnn):
     images, labels, masks = generate_scenes(2, seed=0)
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nosuch'\]; choose from"):

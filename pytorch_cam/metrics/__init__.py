@@ -21,6 +21,14 @@ energy pointing game       ``energy_pointing_game``                higher
 
 ``evaluate_faithfulness`` (``pytorch_cam.metrics.faithfulness``) runs CAM methods over images with
 ground-truth masks and reports every metric above per method: which map to trust.
+
+Every metric that runs the model takes ``precision="fp32"|"bf16"|"fp16"`` (autocast for its
+forwards, float32 results) and ``memory_format``; see docs/metrics_precision.md.
+
+pytorch-grad-cam's metric classes, same names and signatures, batched on these functions:
+``pytorch_cam.metrics.road`` (``ROADMostRelevantFirst``, ``ROADCombined``, ``NoisyLinearImputer``, ...),
+``.cam_mult_image`` (``DropInConfidence``, ``IncreaseInConfidence``, ...), ``.perturbation_confidence``
+(``PerturbationConfidenceMetric``, ``AveragerAcrossThresholds``, ...) and ``.arcc`` (``ARCC``).
 """
 
 from pytorch_cam.metrics.confidence import average_drop, confidence_change, increase_in_confidence, masked_scores

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pytorch_cam.metrics._common import (
+    Forward,
     MapsLike,
     TargetsLike,
     check_batch_size,
@@ -35,6 +36,7 @@ from pytorch_cam.metrics._common import (
     gaussian_blur,
     pixel_ranks,
     resolve_classes,
+    resolve_targets,
     score_rows,
 )
 
@@ -49,14 +51,20 @@ def _curve(
     baseline: Optional[torch.Tensor],
     batch_size: int,
     score: str,
+    precision: str,
+    memory_format: str,
 ) -> torch.Tensor:
     check_score(score)
     check_batch_size(batch_size)
+    forward = Forward(model, precision, memory_format)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     x = check_images(model, images)
     m = check_maps(maps, x)
-    classes = resolve_classes(model, x, targets)
+    if score == "target":
+        classes, target_list = None, resolve_targets(model, x, targets, forward)
+    else:
+        classes, target_list = resolve_classes(model, x, targets, forward), None
     b, c, h, w = x.shape
     ranks = pixel_ranks(m)  # (B, HW)
     counts = torch.round(torch.linspace(0, h * w, steps + 1, device=x.device)).long()
@@ -72,7 +80,8 @@ def _curve(
         out = torch.where(changed, flat_start[img], flat_x[img])
         return out.reshape(-1, c, h, w), img
 
-    return score_rows(model, make_rows, b * (steps + 1), classes, score, batch_size).reshape(b, steps + 1)
+    scores = score_rows(model, make_rows, b * (steps + 1), classes, score, batch_size, forward, target_list, x.device)
+    return scores.reshape(b, steps + 1)
 
 
 def deletion_curve(
@@ -84,9 +93,17 @@ def deletion_curve(
     baseline: Union[float, torch.Tensor] = 0.0,
     batch_size: int = 256,
     score: str = "probability",
+    *,
+    precision: str = "fp32",
+    memory_format: str = "auto",
 ) -> torch.Tensor:
-    """(B, steps + 1) class scores as the most relevant pixels are replaced by ``baseline``."""
-    return _curve("deletion", model, images, maps, targets, steps, baseline, batch_size, score)
+    """(B, steps + 1) float32 class scores as the most relevant pixels are replaced by ``baseline``.
+
+    ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``) and ``memory_format``: the forwards' (see
+    ``pytorch_cam.metrics._common.Forward``)."""
+    return _curve(
+        "deletion", model, images, maps, targets, steps, baseline, batch_size, score, precision, memory_format
+    )
 
 
 def insertion_curve(
@@ -98,10 +115,15 @@ def insertion_curve(
     blur_sigma: float = 5.0,
     batch_size: int = 256,
     score: str = "probability",
+    *,
+    precision: str = "fp32",
+    memory_format: str = "auto",
 ) -> torch.Tensor:
-    """(B, steps + 1) class scores as the most relevant pixels are copied into a blurred image."""
+    """(B, steps + 1) float32 class scores as the most relevant pixels are copied into a blurred
+    image; ``precision``, ``memory_format`` as in :func:`deletion_curve`."""
     x = check_images(model, images)
-    return _curve("insertion", model, x, maps, targets, steps, gaussian_blur(x, blur_sigma), batch_size, score)
+    blurred = gaussian_blur(x, blur_sigma)
+    return _curve("insertion", model, x, maps, targets, steps, blurred, batch_size, score, precision, memory_format)
 
 
 def auc(curve: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from pytorch_cam.metrics.confidence import masked_scores
 from pytorch_cam.metrics.deletion import deletion_auc, insertion_auc
 from pytorch_cam.metrics.pointing import energy_pointing_game, pointing_game
 from pytorch_cam.metrics.road import road_score
+from pytorch_cam.utils.precision import check_precision
 
 ORACLE = "(oracle: ground-truth mask)"
 RANDOM = "(baseline: uniform random)"
@@ -81,11 +82,13 @@ def build_method(
     target_layers: Optional[List[nn.Module]],
     reshape_transform: Optional[Callable] = None,
     method_kwargs: Optional[Dict[str, dict]] = None,
+    precision: str = "fp32",
 ):
     """Construct method ``name`` (its command-line name) with the keyword arguments its __init__
     accepts: the reshape transform, ``seed=0``, the model's ``fc`` as CAM's ``fc_layer``, no
-    progress bar and chunks of 64 for the batched methods, and ``method_kwargs[name]`` (whose
-    ``target_layers``, if any, replaces ``target_layers`` for this method)."""
+    progress bar and chunks of 64 for the batched methods, ``precision`` (when not fp32), and
+    ``method_kwargs[name]`` (whose ``target_layers``, if any, replaces ``target_layers`` for this
+    method)."""
     from pytorch_cam.methods import BATCHED, METHODS  # lazily: METHODS needs the finished registry
 
     cls = METHODS[name]
@@ -94,10 +97,13 @@ def build_method(
     wanted = {"reshape_transform": reshape_transform, "seed": 0, "fc_layer": getattr(model, "fc", None)}
     if name in BATCHED:
         wanted.update(batch_size=64, progress=False)
+    if check_precision(precision) != "fp32":
+        wanted["precision"] = precision
     extra = dict((DEFAULT_METHOD_KWARGS if method_kwargs is None else method_kwargs).get(name, {}))
     target_layers = extra.pop("target_layers", target_layers)  # e.g. two layers for the layer-combining methods
     wanted.update(extra)
-    kwargs = {k: v for k, v in wanted.items() if k in params or (takes_any and k in ("batch_size", "progress"))}
+    passes_on = ("batch_size", "progress", "precision")  # to BaseCAM through a subclass's **kwargs
+    kwargs = {k: v for k, v in wanted.items() if k in params or (takes_any and k in passes_on)}
     return cls(model=model, target_layers=target_layers, **kwargs)
 
 
@@ -112,15 +118,18 @@ def score_maps(
     percentiles: Sequence[float] = (20, 50, 80),
     tolerance: int = 2,
     score_batch_size: int = 256,
+    precision: str = "fp32",
 ) -> Dict[str, torch.Tensor]:
-    """Every metric of ``COLUMNS`` (but ``ms``), per image (B,), for one batch of maps (B, H, W)."""
-    y, o = masked_scores(model, images, maps, labels)
-    road, morf, lerf = road_score(model, images, maps, labels, percentiles=percentiles, batch_size=score_batch_size)
+    """Every metric of ``COLUMNS`` (but ``ms``), per image (B,), for one batch of maps (B, H, W);
+    the model's forwards at ``precision``."""
+    fwd = {"precision": precision, "batch_size": score_batch_size}
+    y, o = masked_scores(model, images, maps, labels, precision=precision)
+    road, morf, lerf = road_score(model, images, maps, labels, percentiles=percentiles, **fwd)
     return {
         "pointing": pointing_game(maps, masks, tolerance=tolerance),
         "energy": energy_pointing_game(maps, masks),
-        "deletion": deletion_auc(model, images, maps, labels, steps=steps, batch_size=score_batch_size),
-        "insertion": insertion_auc(model, images, maps, labels, steps=steps, batch_size=score_batch_size),
+        "deletion": deletion_auc(model, images, maps, labels, steps=steps, **fwd),
+        "insertion": insertion_auc(model, images, maps, labels, steps=steps, **fwd),
         "avg_drop": 100 * (y - o).clamp(min=0) / y,
         "increase": 100 * (o > y).float(),
         "road": road,
@@ -148,6 +157,7 @@ def evaluate_faithfulness(
     seed: int = 0,
     method_kwargs: Optional[Dict[str, dict]] = None,
     log: Optional[Callable[[str], None]] = None,
+    precision: str = "fp32",
 ) -> FaithfulnessResult:
     """Score CAM methods against ground-truth masks; see the module docstring.
 
@@ -166,7 +176,11 @@ def evaluate_faithfulness(
         method_kwargs: extra constructor arguments per method name (default
             ``DEFAULT_METHOD_KWARGS``), passed where the method accepts them.
         log: called with each finished row as a markdown table line (partial results).
+        precision: ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"``: the forwards of the CAM methods
+            that take a ``precision`` and of every metric (see ``pytorch_cam.utils.precision``);
+            ``method_kwargs`` can still set a method's own.
     """
+    precision = check_precision(precision)
     from pytorch_cam.methods import METHODS
 
     names = list(METHODS) if methods is None else list(methods)
@@ -189,7 +203,7 @@ def evaluate_faithfulness(
     errors = []
     for name in names:
         try:
-            cam = build_method(name, model, target_layers, reshape_transform, method_kwargs)
+            cam = build_method(name, model, target_layers, reshape_transform, method_kwargs, precision)
         except Exception as exc:  # reported in the rows, never hidden
             errors.append((name, exc))
             continue
@@ -226,6 +240,7 @@ def evaluate_faithfulness(
                 percentiles=percentiles,
                 tolerance=tolerance,
                 score_batch_size=score_batch_size,
+                precision=precision,
             )
             for key, values in scores.items():
                 sums[key] = sums.get(key, 0.0) + float(values.sum())
