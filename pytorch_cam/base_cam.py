@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pytorch_cam.utils.find_layers import (
     guess_channels_last,
     known_num_prefix_tokens,
 )
-from pytorch_cam.utils.model_state import eager_model, eval_mode
+from pytorch_cam.utils.model_state import PerThreadResults, eager_model, eval_mode
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_cam.utils.precision import autocast, check_precision, float32_outputs, to_memory_format
 from pytorch_cam.utils.reshape_transforms import (
@@ -274,7 +273,7 @@ def resolve_device(device: Union[str, torch.device, None], model: nn.Module) -> 
     return actual
 
 
-class BaseCAM(Registered):
+class BaseCAM(PerThreadResults, Registered):
     """Abstract base of every CAM method. Subclasses override ``get_cam_weights`` (or one of the
     ``layer_*`` extension points when they need more than grad-cam's five arguments).
 
@@ -368,16 +367,7 @@ class BaseCAM(Registered):
         self.precision = check_precision(precision)
         # What the last call captured, per thread (grad-cam's cam.outputs / cam.activations_and_grads):
         # one CAM object may serve several threads, and each must see its own call's results.
-        self._last = threading.local()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_last", None)  # thread-local results of past calls do not travel
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._last = threading.local()
+        self._init_per_thread_results()
 
     @property
     def outputs(self) -> Any:

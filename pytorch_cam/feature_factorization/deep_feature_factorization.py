@@ -26,7 +26,6 @@ instead of scikit-learn: factors may differ (NMF is not unique), the reconstruct
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -36,6 +35,7 @@ from torch import nn
 from pytorch_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_cam.base_cam import BaseCAM, CallState, min_max_scale, model_device, resize_maps
 from pytorch_cam.utils.image import create_labels_legend, show_factorization_on_image
+from pytorch_cam.utils.model_state import PerThreadResults
 from pytorch_cam.utils.nmf import nmf
 
 __all__ = ["DeepFeatureFactorization", "dff", "run_dff_on_image"]
@@ -87,7 +87,7 @@ class _LayerReader(BaseCAM):
     uses_gradients = False
 
 
-class DeepFeatureFactorization:
+class DeepFeatureFactorization(PerThreadResults):
     """Deep Feature Factorization of one layer's activations (see the module docstring).
 
     Args:
@@ -130,16 +130,7 @@ class DeepFeatureFactorization:
         self.reshape_transform = reshape_transform
         self.computation_on_concepts = computation_on_concepts
         # The activations factorised by this thread's last call (grad-cam's dff.activations_and_grads).
-        self._last = threading.local()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_last", None)  # thread-local results of past calls do not travel
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._last = threading.local()
+        self._init_per_thread_results()
 
     @property
     def activations_and_grads(self) -> ActivationsAndGradients:

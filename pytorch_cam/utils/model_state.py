@@ -68,3 +68,21 @@ def eager_model(model: nn.Module) -> nn.Module:
     if getattr(model, "_compiled_call_impl", None) is not None:
         return _EagerCall(model)
     return model
+
+
+class PerThreadResults:
+    """Mixin for objects that keep their last call's results per thread (``self._last``, a
+    ``threading.local``): one object may serve several threads, and each sees its own results.
+    The results are not pickled (a ``threading.local`` cannot be, and past calls do not travel)."""
+
+    def _init_per_thread_results(self) -> None:
+        self._last = threading.local()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_last", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._last = threading.local()
