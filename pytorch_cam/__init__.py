@@ -16,8 +16,9 @@ from pytorch_cam.guided_backprop import GuidedBackpropReLUModel  # noqa: F401
 from pytorch_cam.perturbation import PerturbationCAM  # noqa: F401
 from pytorch_cam.registry import REGISTRY as _REGISTRY
 
-# Not methods: the CLI would only slow the import down, and `methods` reads the finished registry.
-_NOT_METHODS = {"cli", "methods", "__main__"}
+# Not methods: the CLI and the dataset runner would only slow the import down;
+# `methods` reads the finished registry.
+_NOT_METHODS = {"cli", "explain", "methods", "__main__"}
 
 for _module in _pkgutil.iter_modules(__path__):
     if not _module.ispkg and _module.name not in _NOT_METHODS and not _module.name.startswith("_"):

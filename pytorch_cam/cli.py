@@ -1,9 +1,14 @@
-"""Command line: explain a torchvision classifier's prediction on one image.
+"""Command line: explain a torchvision classifier's prediction on one image, or on a whole folder.
 
     python cam.py --image-path cat.png --method gradcam
     pytorch-cam --method scorecam --cskip 64 --weights none
+    python cam.py --image-dir images/ --output-dir cams/ --batch-size 64 --num-workers 4
+    torchrun --nproc_per_node 4 cam.py --image-dir images/ --output-dir cams/ --use-cuda
 
-Writes the overlay PNG, the raw map (.npy), guided backprop and guided CAM PNGs to --output-dir.
+One image: writes the overlay PNG, the raw map (.npy), guided backprop and guided CAM PNGs to
+--output-dir. A folder (--image-dir): ``pytorch_cam.explain.explain_dataset`` stores every map in
+shard files that ``pytorch_cam.explain.load_results`` reads (see docs/datasets.md); launched by
+torchrun, the processes share the work.
 Mistakes in the user's input (missing image, no network for the weights, no CUDA, ...) end with
 one ``error: ...`` line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 """
@@ -36,7 +41,14 @@ EXIT_USAGE = 2
 
 
 class CLIError(Exception):
-    """A problem with the user's input; main prints it as one line and exits with code 2."""
+    """A problem with the user's input; main prints it as one line and exits with code 2.
+
+    ``all_ranks``: every process of a torchrun launch raises it too, so only rank 0 prints it.
+    """
+
+    def __init__(self, message: str, all_ranks: bool = True) -> None:
+        super().__init__(message)
+        self.all_ranks = all_ranks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,12 +110,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+_METRIC_NAMES = ("confidence", "road")
+
+
+def _parse_metrics(text: str) -> List[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in _METRIC_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"--metrics takes a comma-separated list of {', '.join(_METRIC_NAMES)}, got {text!r}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         # prog=None: argparse names the program as it was started (cam.py or pytorch-cam)
-        description="Class activation map of a torchvision classifier's prediction on an image.",
+        description="Class activation map of a torchvision classifier's prediction on an image, or on every "
+        "image of a folder (--image-dir; launch with torchrun to share the work between processes).",
     )
-    p.add_argument("--image-path", default=str(DEFAULT_IMAGE), help="input image (default: the bundled cat photo)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--image-path", default=str(DEFAULT_IMAGE), help="input image (default: the bundled cat photo)")
+    source.add_argument(
+        "--image-dir",
+        default=None,
+        help="explain every image under this folder (recursively) instead of one image; the maps go to "
+        "shard files in --output-dir (read them with pytorch_cam.explain.load_results)",
+    )
     p.add_argument(
         "--method",
         default="gradcam",
@@ -131,11 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target-class", type=int, default=None, help="class to explain (default: the top prediction)")
     p.add_argument(
+        "--target",
+        choices=["top1", "label"],
+        default=None,
+        help="--image-dir only: top1 explains each image's top prediction (the default); label explains the class "
+        "of its folder in an ImageFolder layout DIR/<class>/<image> (class folders named by integers are those "
+        "class indices, otherwise the sorted folder names are numbered 0, 1, ...)",
+    )
+    p.add_argument(
         "--input-size",
         type=_positive_int,
         default=224,
         help="the image is resized (aspect kept) so its shorter side has this many pixels before it goes "
-        "through the model; outputs are at the photo's own size (default: 224)",
+        "through the model; outputs are at the photo's own size (default: 224). With --image-dir every image "
+        "is resized to a square of this side (batches need one size) and the maps are stored at that size",
     )
     p.add_argument("--output-dir", default="cam_output", help="where the images go (default: cam_output/)")
     p.add_argument(
@@ -143,15 +195,68 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help=f"inputs scored per forward pass by {', '.join(sorted(BATCHED))} (default: auto, which times a "
-        "few sizes on the first chunks and keeps the fastest)",
+        "few sizes on the first chunks and keeps the fastest). With --image-dir: images per CAM call, for "
+        "every method (default: 32)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="forward/backward under autocast; fp32 is exact, bf16 ~2-3x faster on CPUs with bf16 support",
+    )
+    ds = p.add_argument_group("whole folders (--image-dir)")
+    ds.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=None,
+        help="processes that decode and resize images while the model runs (default: the CPU cores per "
+        "process, at most 4; 0 reads them in the main process)",
+    )
+    ds.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<image>.png at each photo's size")
+    ds.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the interrupted run in --output-dir: finished shards are kept, the others redone "
+        "(the options must be the same)",
+    )
+    ds.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=256,
+        help="images per shard file, the unit that --resume redoes (default: 256)",
+    )
+    ds.add_argument(
+        "--metrics",
+        type=_parse_metrics,
+        default=None,
+        help="per-image faithfulness metrics in the records and their dataset means in OUT/summary.json: "
+        "confidence (confidence change) and/or road (ROAD), comma-separated",
     )
     return p
+
+
+#: the options that only mean something with --image-dir, by their flag
+_DATASET_ONLY = {
+    "num_workers": "--num-workers",
+    "overlays": "--overlays",
+    "resume": "--resume",
+    "metrics": "--metrics",
+    "target": "--target",
+}
 
 
 def _check_args(args: argparse.Namespace) -> None:
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--output-dir {str(out)!r} is a file, not a folder; pass a folder (it is created if missing)")
+    if args.image_dir is not None:
+        _check_dataset_args(args)
+        return
+    given = [flag for dest, flag in _DATASET_ONLY.items() if getattr(args, dest) not in (None, False)]
+    if args.shard_size != 256:
+        given.append("--shard-size")
+    if given:
+        raise CLIError(f"{given[0]} only applies to a folder of images: pass --image-dir DIR instead of --image-path")
     if args.method == "all":
         if args.cskip is not None or args.batch_size is not None:
             raise CLIError("--method all chooses each method's settings itself; drop --cskip and --batch-size")
@@ -162,6 +267,31 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--cskip only applies to {', '.join(takes)}, not to --method {args.method}")
     if args.batch_size is not None and args.method not in BATCHED:
         raise CLIError(f"--batch-size only applies to {', '.join(sorted(BATCHED))}, not to --method {args.method}")
+
+
+def _check_dataset_args(args: argparse.Namespace) -> None:
+    if args.method == "all":
+        raise CLIError("--method all compares methods on one image; with --image-dir pick one --method")
+    if args.target is not None and args.target_class is not None:
+        raise CLIError(f"--target {args.target} and --target-class both choose the class; pass one of them")
+    method_cls = METHODS[args.method]
+    if args.cskip is not None and "cskip" not in inspect.signature(method_cls.__init__).parameters:
+        takes = [n for n, c in METHODS.items() if "cskip" in inspect.signature(c.__init__).parameters]
+        raise CLIError(f"--cskip only applies to {', '.join(takes)}, not to --method {args.method}")
+    if args.target_class is not None and args.target_class < 0:
+        raise CLIError(f"--target-class {args.target_class} is negative; pass a class index >= 0")
+
+
+def _precision_kwargs(args: argparse.Namespace, name: str) -> Dict[str, Any]:
+    """``precision=`` for the method's constructor: always when it names it, else only a non-default one."""
+    params = inspect.signature(METHODS[name].__init__).parameters
+    if "precision" in params:
+        return {"precision": args.precision}
+    if args.precision == "fp32":
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return {"precision": args.precision}  # a meta-method passes it on to its base method
+    raise CLIError(f"--precision {args.precision} is not available for --method {name}; drop it (fp32)")
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -304,6 +434,8 @@ def _write(path: Path, image: np.ndarray) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.image_dir is not None:
+        return run_dataset(args)
     device = _device(args)
     try:
         rgb = load_image(args.image_path)
@@ -392,6 +524,7 @@ def _method_kwargs(args: argparse.Namespace, name: str, grid: bool) -> Tuple[Dic
             kwargs["cskip"] = args.cskip
     if name in BATCHED and "progress" in inspect.signature(METHODS[name].__init__).parameters:
         kwargs.setdefault("progress", not grid)
+    kwargs.update(_precision_kwargs(args, name))
     return kwargs, note
 
 
@@ -433,12 +566,134 @@ def method_grid(tiles: List[Tuple[str, float, np.ndarray]], columns: int = 5, wi
     return np.concatenate(rows, axis=0)
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    """--image-dir: explain every image of the folder with ``explain_dataset`` (one or many processes)."""
+    from pytorch_cam.explain import ExplainError, agree_on_error, explain_dataset, init_distributed
+
+    rank0 = _rank() == 0
+    say = print if rank0 else (lambda *a, **k: None)
+    want = "cuda" if args.use_cuda else (args.device or "cpu")
+    try:
+        wanted_type = torch.device(want).type
+    except RuntimeError:
+        wanted_type = "cpu"
+    # Join torchrun's group first, so that an error any process meets is reported once, by rank 0.
+    d = init_distributed("cuda" if wanted_type == "cuda" and torch.cuda.is_available() else "cpu")
+    try:
+        error = None
+        try:
+            device = _device(args)
+            if device.type == "cuda" and d.world_size > 1:
+                if device.index is not None:
+                    raise CLIError(
+                        f"--device {want} under torchrun: pass --device cuda (or --use-cuda), and each process "
+                        "takes the GPU of its LOCAL_RANK"
+                    )
+                device = torch.device("cuda", d.local_rank)
+            if args.weights.lower() == "none":
+                # every process (and a resumed run) must build the same random weights
+                torch.manual_seed(0)
+            model = load_model(args.arch, args.weights).to(device).eval()
+            kwargs: Dict[str, Any] = {}
+            if args.cskip is not None:
+                kwargs["cskip"] = args.cskip
+            if "progress" in inspect.signature(METHODS[args.method].__init__).parameters:
+                kwargs["progress"] = False  # one bar for the whole run, not one per batch
+            kwargs.update(_precision_kwargs(args, args.method))
+            try:
+                cam = METHODS[args.method](model=model, target_layers=default_target_layers(model, args.arch), **kwargs)
+            except ValueError as e:
+                raise CLIError(_first_line(e)) from None
+        except CLIError as e:
+            error = str(e)
+        error = agree_on_error(d, error)
+        if error is not None:
+            raise CLIError(error)
+        notes = []
+        if args.weights.lower() == "none":
+            notes.append(
+                f"note: --weights none: {args.arch} has RANDOM weights, so predictions and maps are meaningless"
+            )
+        elif args.weights.upper() != "DEFAULT":
+            notes.append(f"loaded weights from {args.weights}")
+
+        def log(message: str) -> None:
+            # the notes wait for the input checks, so that a bad input ends with the error line alone
+            while notes:
+                say(notes.pop(0))
+            say(message)
+
+        targets: Any = "top1"
+        if args.target_class is not None:
+            targets = args.target_class
+        elif args.target == "label":
+            targets = "label"
+        try:
+            summary = explain_dataset(
+                cam,
+                args.image_dir,
+                args.output_dir,
+                targets=targets,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                input_size=args.input_size,
+                shard_size=args.shard_size,
+                resume=args.resume,
+                overlays=args.overlays,
+                metrics=args.metrics or (),
+                aug_smooth=args.aug_smooth,
+                eigen_smooth=args.eigen_smooth,
+                run_info={"arch": args.arch, "weights": args.weights},
+                log=log,
+            )
+        except ExplainError as e:
+            raise CLIError(_first_line(e, limit=600), all_ranks=e.all_ranks) from None
+    finally:
+        if d.created and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    _report(summary, say)
+    return 0
+
+
+def _report(summary: Dict[str, Any], say: Any) -> None:
+    out = summary["out_dir"]
+    errors = summary["errors"]
+    procs = f", {summary['world_size']} processes" if summary["world_size"] > 1 else ""
+    if summary["explained_now"]:
+        say(
+            f"explained {summary['explained_now']} images in {summary['seconds']:.1f} s "
+            f"({summary['images_per_s']:.1f} images/s{procs})"
+        )
+    else:
+        say(f"nothing left to do: all {summary['shards']} shard(s) in {out} were finished before")
+    say(f"{summary['ok']} maps, {errors} unreadable image(s)")
+    for key, message in summary["first_errors"]:
+        say(f"  {key}: {message}")
+    if errors > len(summary["first_errors"]):
+        say("  ... (every error is in its record: status 'error')")
+    h, w = summary["map"]["shape"]
+    verb = "wrote" if summary["explained_now"] else "found"
+    say(
+        f"{verb} {summary['shards']} shard(s), manifest.json and summary.json in {out} ({h}x{w} maps, 1 byte per "
+        f"pixel: {summary['bytes_per_map']} bytes a map before compression)"
+    )
+    for name, value in (summary["metrics"] or {}).items():
+        say(f"  mean {name}: {value:.4f}" if value is not None else f"  mean {name}: n/a")
+    say(f"read them with pytorch_cam.explain.load_results({out!r})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return run(args)
     except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Under torchrun every process meets the same error: rank 0 says it.
+        if _rank() == 0 or not e.all_ranks:
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
