@@ -81,6 +81,13 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         # The layer object carries state between its protocol calls: one call at a time uses it.
         self._ablation_layer_lock = threading.Lock()
         self.ratio_channels_to_ablate = check_ratio(ratio_channels_to_ablate)
+        if self.precision != "fp32":
+            logger.warning(
+                "AblationCAM: precision=%r applies to the capture pass only; the ablated copies are scored in fp32, "
+                "because one channel's ablation moves the score by less than %s can resolve",
+                self.precision,
+                self.precision,
+            )
         self._splits: Dict[int, Optional[TailSplit]] = {}  # id(layer) -> split, None: not splittable
 
     def run_with_layer_output(
@@ -106,7 +113,8 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
 
         handle = layer.register_forward_hook(replace)
         try:
-            outputs = self.run_model(input_rows, memory_format)
+            with autocast(input_rows.device, self.scoring_precision):
+                outputs = self.model(to_memory_format(input_rows, memory_format))
         finally:
             handle.remove()
         if not ran:
@@ -190,10 +198,14 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         return run
 
     def run_tail(self, split: TailSplit, new: torch.Tensor, crossing: List[Any]) -> Any:
-        """The fx tail's outputs for the layer output ``new`` at the CAM's precision (float32 results)."""
-        with autocast(new.device, self.precision):
+        """The fx tail's outputs for the layer output ``new``, in float32 (see ``scoring_precision``)."""
+        with autocast(new.device, self.scoring_precision):
             outputs = split.tail(new, *crossing)
-        return float32_outputs(outputs) if self.precision != "fp32" else outputs
+        return float32_outputs(outputs)
+
+    #: Ablated copies are scored in fp32 whatever ``precision`` says: removing one channel moves a
+    #: logit by less than bf16's step at that logit, so (y - y_k) / y would be rounding noise.
+    scoring_precision = "fp32"
 
     def _closed_form_head(self, ctx: LayerContext, dim: int) -> Optional[nn.Linear]:
         """The linear head when the verified fx tail is pooling + linear and every target is a plain logit."""
@@ -226,6 +238,11 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         chunk = self.fixed_chunk_size() or 32  # "auto" does not apply: the layer object sets the pace
         x = ctx.input_tensor
         with self._ablation_layer_lock, torch.inference_mode():
+            if self.precision != "fp32":  # y in fp32 like the y_k (see layer_weights)
+                rows = torch.arange(b, device=x.device)
+                same = self.run_with_layer_output(ctx.layer, x, lambda output: output)
+                original = self.score_rows(same, ctx.targets, rows).to(original.dtype)
+                ablated = original[:, None].expand(b, c).clone()
             try:
                 for i in range(b):
                     picked = layer_obj.activations_to_be_ablated(
@@ -271,6 +288,12 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         ablated = original[:, None].expand(b, c).clone()  # skipped channels: no drop, weight 0
         with torch.inference_mode():
             run = self._tail_runner(ctx)
+            if self.precision != "fp32":
+                # The capture pass ran at reduced precision: score the unablated output in fp32 too, so that
+                # y and y_k round alike.
+                rows = torch.arange(b, device=raw.device)
+                original = self.score_rows(run(rows, raw.clone(), None), ctx.targets, rows).to(original.dtype)
+                ablated = original[:, None].expand(b, c).clone()
             head = self._closed_form_head(ctx, dim)
             if head is not None:
                 # Tail = global average pooling + flatten + linear: zeroing channel k lowers class c's logit by

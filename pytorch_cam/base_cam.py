@@ -762,7 +762,8 @@ class BaseCAM(PerThreadResults, Registered):
             # target layer switched it back off on exit.
             forward_disabled_grad = need_grads and not whole_graph and not torch.is_grad_enabled()
         if self.precision != "fp32":
-            outputs = float32_outputs(outputs)
+            with grad_ctx:  # the cast is part of the score's graph (callers may hold no_grad)
+                outputs = float32_outputs(outputs)
         n_layers = len(self.layers)
         missing = [i for i in range(n_layers) if i not in store]
         if missing:
@@ -826,7 +827,12 @@ class BaseCAM(PerThreadResults, Registered):
                 g = grads[-1]
                 call.input_gradient = torch.zeros_like(x) if g is None else float32_outputs(g.detach())
         attached = keep_graph or differentiable
-        call.raw_activations = {i: float32_outputs(store[i] if attached else detach(store[i])) for i in range(n_layers)}
+        # Second-order methods differentiate the gradients w.r.t. the captured tensor itself: a float32
+        # copy of a reduced-precision activation would be off that graph.
+        call.raw_activations = {
+            i: store[i] if keep_graph else float32_outputs(store[i] if attached else detach(store[i]))
+            for i in range(n_layers)
+        }
         if not differentiable:
             call.outputs = outputs.detach() if torch.is_tensor(outputs) else outputs
             # The record kept for cam.outputs / cam.activations_and_grads must not hold a graph alive.
