@@ -20,6 +20,20 @@ need one forward in all); CSKIP-K = min(K, P per image) pairs per image on the s
 AblationCAM = one plain forward of the batch (for the activations and the unablated scores)
 + B*C x (best per-image time of the network after the target layer).
 
+Precision and memory format (``--precisions fp32 bf16 [fp16]``): instead of the table above,
+one row per (arch, batch, method) with our time at each precision (``precision=`` on the method;
+memory format and chunk size ``"auto"``), pytorch-grad-cam's fp32 time, and three floors of the
+same kind as above: *eager* (fp32 forwards of contiguous inputs, the floor above), *CL* (fp32,
+channels-last inputs) and *bf16+CL* (bf16 autocast, channels-last inputs; fp16+CL too when fp16
+is asked for). Every ratio is to the eager floor unless the header says otherwise, so the targets
+of issue #13 read off directly. On a shared machine the load drifts by more than the effects
+measured here, so the timings are interleaved: a fast row runs ours (each precision), the peer
+and the floors' unit forwards in turn, round after round, and keeps the best of each; a long run
+(full Score-CAM) has the floors' units measured, interleaved, before each of our runs and after
+the last, and takes their median. Per-image floors use each setting's fastest batch size (1-32,
+found once per architecture). SS-CAM and IS-CAM run with CSKIP-16 and ``num_samples=8``
+(``n`` x the Score-CAM floor). ``--threads 1`` is steadier than two threads on a loaded machine.
+
 Devices: the CPU always; CUDA too when a GPU is visible (``--devices cpu cuda``), each in its own
 table, every timing synchronised with the GPU. The memory table is CPU peak RSS.
 
@@ -40,6 +54,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -57,7 +72,10 @@ NEW_METHODS = [
     "sobelcam",
     "ablationcam_multilayer",
 ]
-ALL_METHODS = METHODS + NEW_METHODS
+# Score-CAM variants timed in the precision table (num_samples=8, CSKIP-16: see ``PERTURBATION_SAMPLES``).
+VARIANT_METHODS = ["sscam+cskip16", "iscam+cskip16"]
+ALL_METHODS = METHODS + NEW_METHODS + VARIANT_METHODS
+PERTURBATION_SAMPLES = 8  # SS-CAM / IS-CAM noisy copies per channel in the benchmark (their defaults: 35 / 10)
 SLOW = {"scorecam", "ablationcam"}  # gradient-free methods whose peers run the whole network per channel
 TARGET_CLASS = 281
 
@@ -168,6 +186,75 @@ def per_image_forward(model: nn.Module, shape: Tuple[int, ...], sizes=(1, 4, 8, 
     return best
 
 
+#: floor settings of the precision table: name -> (precision, input memory format)
+FLOOR_SETTINGS: Dict[str, Tuple[str, str]] = {
+    "eager": ("fp32", "contiguous"),
+    "cl": ("fp32", "channels_last"),
+    "bf16cl": ("bf16", "channels_last"),
+    "fp16cl": ("fp16", "channels_last"),
+}
+
+
+def plain_forward(model: nn.Module, x: torch.Tensor, setting: str) -> Callable[[], Any]:
+    """One plain inference forward of ``x`` in a floor setting (autocast entered per call, as a CAM does)."""
+    from pytorch_cam.utils.precision import autocast, to_memory_format
+
+    precision, layout = FLOOR_SETTINGS[setting]
+    x = to_memory_format(x, layout)
+
+    def run() -> Any:
+        with torch.inference_mode(), autocast(x.device, precision):
+            return model(x)
+
+    return run
+
+
+def fastest_batch_size(model: nn.Module, shape: Tuple[int, ...], setting: str, reps: int) -> int:
+    """The batch size (1-32) whose plain forwards in ``setting`` take the least time per image."""
+    device = next(model.parameters()).device
+    # fp16 autocast has no fast CPU kernels (~20x slower than fp32): small batches tell enough there
+    sizes = (1, 4) if setting == "fp16cl" and device.type == "cpu" else (1, 4, 8, 16, 32)
+    times = {
+        bs: best_time(plain_forward(model, torch.randn(bs, *shape, device=device), setting), reps) / bs for bs in sizes
+    }
+    return min(times, key=times.__getitem__)
+
+
+def tail_rows_forward(model: nn.Module, layer: nn.Module, acts: torch.Tensor, setting: str) -> Callable[[], Any]:
+    """32 rows of the network after ``layer`` (AblationCAM's ablated copies) in ``setting``."""
+    from pytorch_cam.utils.fx_split import split_after
+    from pytorch_cam.utils.precision import autocast, to_memory_format
+
+    precision, layout = FLOOR_SETTINGS[setting]
+    tail = split_after(model, layer).tail
+    rows = to_memory_format(acts.repeat(math.ceil(32 / acts.shape[0]), 1, 1, 1)[:32], layout)
+
+    def run() -> Any:
+        with torch.inference_mode(), autocast(rows.device, precision):
+            return tail(rows)
+
+    return run
+
+
+def interleaved_best(fns: Dict[Any, Callable[[], Any]], reps: int) -> Dict[Any, float]:
+    """Best time of each callable over ``reps`` rounds that run them all in turn, after one warm-up round.
+
+    Interleaving puts every callable under the same machine load, so their ratios stay meaningful
+    when the load drifts (a shared machine): timing one after the other does not.
+    """
+    for fn in fns.values():
+        fn()
+    best = {k: math.inf for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            _SYNC()
+            t = time.perf_counter()
+            fn()
+            _SYNC()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
 def sess_patches(size: int, num_scales: int = 12, step_ratio: float = 2 / 7) -> int:
     """Windows SESS explains on a square input of ``size`` with its default scales and stride."""
     step = int(round(size * step_ratio))
@@ -179,25 +266,32 @@ def sess_patches(size: int, num_scales: int = 12, step_ratio: float = 2 / 7) -> 
 
 
 # ---------------------------------------------------------------------------------------------- runners
-def ours_runner(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    from pytorch_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
+def ours_runner(
+    method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, precision: str = "fp32"
+) -> Callable[[], Any]:
+    from pytorch_cam import ISCAM, SSCAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
 
     targets = [TARGET_CLASS] * x.shape[0]
     cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "eigencam": EigenCAM}
+    p = {"precision": precision}
     if method in cls:
-        cam = cls[method](model, [layer])
+        cam = cls[method](model, [layer], **p)
     elif method == "scorecam":
-        cam = ScoreCAM(model, [layer], progress=False)
+        cam = ScoreCAM(model, [layer], progress=False, **p)
     elif method == "scorecam+cskip16":
-        cam = ScoreCAM(model, [layer], cskip=16, progress=False)
+        cam = ScoreCAM(model, [layer], cskip=16, progress=False, **p)
+    elif method == "sscam+cskip16":
+        cam = SSCAM(model, [layer], cskip=16, num_samples=PERTURBATION_SAMPLES, progress=False, **p)
+    elif method == "iscam+cskip16":
+        cam = ISCAM(model, [layer], cskip=16, num_samples=PERTURBATION_SAMPLES, progress=False, **p)
     elif method == "ablationcam":
-        cam = AblationCAM(model, [layer], progress=False)
+        cam = AblationCAM(model, [layer], progress=False, **p)
     elif method in NEW_METHODS:
         from pytorch_cam.methods import METHODS as REGISTRY
 
         cls = REGISTRY[method]
         kwargs = {"progress": False} if "progress" in inspect.signature(cls.__init__).parameters else {}
-        cam = cls(model, new_method_layers(method, model, layer), **kwargs)
+        cam = cls(model, new_method_layers(method, model, layer), **kwargs, **p)
     else:
         raise ValueError(method)
     return lambda: cam(x, targets=targets)
@@ -430,6 +524,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="only the ScoreCAM peak-memory table")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=list(PRECISION_ORDER),
+        help="print the precision / memory-format table instead (e.g. --precisions fp32 bf16); no memory table",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (1 is steadier on a shared machine)"
+    )
     ap.add_argument("--quick", action="store_true", help="= --batches 1 --reps 3 --skip-slow-peers --estimate-ours")
     ap.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_counts", dest="counts", default=None, help=argparse.SUPPRESS)
@@ -438,6 +542,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         counts = tuple(int(v) for v in args.counts.split(","))
         memory_child(args.memory_child, args.fraction if "--fraction" in (argv or sys.argv) else None, counts)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.batches, args.reps, args.skip_slow_peers, args.estimate_ours = [1], 3, True, True
 
@@ -456,11 +562,14 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise SystemExit("error: --devices cuda, but torch sees no CUDA GPU on this machine")
         set_device(device)
         print(f"Machine: {machine(device)}\n", flush=True)
-        speed_table(libs, args, device)
+        if args.precisions:
+            precision_table(args, device)
+        else:
+            speed_table(libs, args, device)
         set_device(CPU)
         print()
 
-    if not args.no_memory:
+    if not args.no_memory and not args.precisions:
         print(f"Machine: {machine()}", flush=True)
         memory_table(libs, args)
 
@@ -531,6 +640,166 @@ def speed_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace, devi
                     flush=True,
                 )
     print("\n`~` = extrapolated from a fraction of the forward passes (see the module docstring), not measured.")
+
+
+PRECISION_ORDER = ("fp32", "bf16", "fp16")
+_FLOOR_HEADERS = {"eager": "eager floor", "cl": "CL floor", "bf16cl": "bf16+CL floor", "fp16cl": "fp16+CL floor"}
+
+
+#: the unit of work each method's floor counts: one forward of the batch, per-image forwards, or both a
+#: forward of the batch and rows of the network after the target layer
+PER_IMAGE_FLOORS = {"scorecam", "scorecam+cskip16", "sess", "ablationcam_multilayer", *VARIANT_METHODS}
+
+
+def floor_units(method: str) -> Tuple[str, ...]:
+    if method in PER_IMAGE_FLOORS:
+        return ("img",)
+    if method == "ablationcam":
+        return ("fwd", "tail")
+    return ("fwd",)
+
+
+def floor_of(method: str, unit: Dict[str, float], b: int, c: int, pairs: int, cskip_pairs: int, size: int) -> float:
+    """The floor of ``method`` (see the module docstring) from the unit times of one floor setting:
+    ``unit["fwd"]`` a forward of the batch, ``unit["img"]`` a forward per image, ``unit["tail"]`` a row
+    of the network after the target layer."""
+    if method == "scorecam":
+        return pairs * unit["img"]
+    if method == "scorecam+cskip16":
+        return cskip_pairs * unit["img"]
+    if method in VARIANT_METHODS:
+        return PERTURBATION_SAMPLES * cskip_pairs * unit["img"]
+    if method == "ablationcam":
+        return unit["fwd"] + b * c * unit["tail"]
+    if method == "sess":
+        return b * sess_patches(size) * unit["img"]
+    if method == "ablationcam_multilayer":
+        return b * c * unit["img"]
+    return unit["fwd"]
+
+
+def release_peer(runner: Callable, model: nn.Module, layer: nn.Module) -> None:
+    """Undo what a peer's run leaves on the model: its hooks, ``.grad``, a swapped target layer."""
+    release = getattr(runner, "release", None)
+    if release is not None:
+        release()
+    model.zero_grad(set_to_none=True)
+    parent, name = next((m, n) for m in model.modules() for n, ch in m.named_children() if ch is layer)
+    if getattr(parent, name) is not layer:
+        setattr(parent, name, layer)
+
+
+def precision_table(args: argparse.Namespace, device: torch.device) -> None:
+    """Our time at each of ``args.precisions`` against the eager, channels-last and reduced-precision floors.
+
+    Fast rows time ours (each precision), pytorch-grad-cam and the floors' units interleaved, round
+    by round (``interleaved_best``). The long runs (full Score-CAM, the peers' Score-CAM and
+    Ablation-CAM) run once each, with the floors' units measured (interleaved) before each of our
+    runs and after the last; the row's floor takes the median of those measurements.
+    """
+    precisions = [q for q in PRECISION_ORDER if q in args.precisions]
+    settings = ["eager", "cl", "bf16cl"] + (["fp16cl"] if "fp16" in precisions else [])
+    peers = not args.no_peers
+    cols = [f"ours {q}" for q in precisions]
+    cols += ["grad-cam fp32"] if peers else []
+    cols += [_FLOOR_HEADERS[s] for s in settings]
+    cols += [f"{q}/eager" for q in precisions]
+    cols += ["fp32/CL floor"] if "fp32" in precisions else []
+    cols += ["bf16/(bf16+CL floor)"] if "bf16" in precisions else []
+    fastest = "bf16" if "bf16" in precisions else precisions[0]
+    cols += [f"grad-cam/{fastest}"] if peers else []
+    print("| arch | batch | method | " + " | ".join(cols) + " |")
+    print("|---" * (3 + len(cols)) + "|", flush=True)
+    shape = (3, args.size, args.size)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    for arch in args.archs:
+        model, layer = build_model(arch, device)
+        best_bs = {}
+        if any(m in PER_IMAGE_FLOORS for m in args.methods):
+            best_bs = {s: fastest_batch_size(model, shape, s, max(2, args.reps)) for s in settings}
+            log(f"{arch}: per-image floors at batch sizes {best_bs}")
+        for b in args.batches:
+            torch.manual_seed(1)
+            x = torch.randn(b, *shape).to(device)
+            acts = capture(model, layer, x)
+            c = acts.shape[1]
+            nonconst = nonconstant_pairs(acts)
+            pairs, cskip_pairs = int(nonconst.sum()), int(nonconst.sum(1).clamp(max=16).sum())
+            counts = (b, c, pairs)
+            for method in args.methods:
+                units: Dict[Tuple[str, str], Callable[[], Any]] = {}
+                scale: Dict[Tuple[str, str], float] = {}
+                for s in settings:
+                    for u in floor_units(method):
+                        if u == "fwd":
+                            units[u, s], scale[u, s] = plain_forward(model, x, s), 1.0
+                        elif u == "img":
+                            xi = torch.randn(best_bs[s], *shape, device=device)
+                            units[u, s], scale[u, s] = plain_forward(model, xi, s), 1.0 / best_bs[s]
+                        else:
+                            units[u, s], scale[u, s] = tail_rows_forward(model, layer, acts, s), 1.0 / 32
+                ours = {q: ours_runner(method, model, layer, x, q) for q in precisions}
+                peer = gradcam_lib_runner(method, model, layer, x) if peers else None
+                slow_ours = method in SLOW and method != "ablationcam"
+                slow_peer = method in SLOW
+                times: Dict[str, Tuple[Optional[float], bool]] = {}
+                unit_runs: List[Dict[Tuple[str, str], float]] = []
+                if slow_ours:
+                    for q in precisions:
+                        unit_runs.append(interleaved_best(units, args.reps))
+                        times[q] = time_cell(
+                            "ours", method, ours[q], model, layer, args.reps, args.estimate_ours, args.fraction, counts
+                        )
+                        log(f"  {arch} b{b} {method} {q}: {fmt(*times[q])}")
+                    unit_runs.append(interleaved_best(units, args.reps))
+                else:
+                    fns: Dict[Any, Callable[[], Any]] = {**units, **{("ours", q): ours[q] for q in precisions}}
+                    if peer is not None and not slow_peer:
+                        fns["peer", ""] = peer
+                    best = interleaved_best(fns, args.reps)
+                    unit_runs.append({k: best[k] for k in units})
+                    times = {q: (best["ours", q], False) for q in precisions}
+                    if ("peer", "") in best:
+                        times["peer"] = (best["peer", ""], False)
+                        release_peer(peer, model, layer)
+                    log(f"  {arch} b{b} {method}: " + ", ".join(f"{q} {fmt(*times[q])}" for q in precisions))
+                if peer is not None and slow_peer:
+                    est = args.skip_slow_peers
+                    times["peer"] = time_cell(
+                        "pytorch-grad-cam", method, peer, model, layer, args.reps, est, args.fraction, counts
+                    )
+                elif peer is None:
+                    times["peer"] = (None, False)
+                if peers:
+                    log(f"  {arch} b{b} {method} pytorch-grad-cam: {fmt(*times['peer'])}")
+                unit_time = {
+                    k: float(np.median([run[k] for run in unit_runs])) * scale[k] for k in units
+                }  # the median over the measurement blocks around the runs
+                floors = {
+                    s: floor_of(
+                        method, {u: unit_time[u, s] for u in floor_units(method)}, b, c, pairs, cskip_pairs, args.size
+                    )
+                    for s in settings
+                }
+                row = [fmt(*times[q]) for q in precisions]
+                row += [fmt(*times["peer"])] if peers else []
+                row += [fmt(floors[s]) for s in settings]
+                row += [ratio(times[q][0], floors["eager"], times[q][1]) for q in precisions]
+                if "fp32" in precisions:
+                    row += [ratio(times["fp32"][0], floors["cl"], times["fp32"][1])]
+                if "bf16" in precisions:
+                    row += [ratio(times["bf16"][0], floors["bf16cl"], times["bf16"][1])]
+                if peers:
+                    theirs, mine = times["peer"], times[fastest]
+                    row += [ratio(theirs[0], mine[0], theirs[1] or mine[1])]
+                print(f"| {arch} | {b} | {method} | " + " | ".join(row) + " |", flush=True)
+    print(
+        "\n`~` = extrapolated from a fraction of the forward passes (see the module docstring), not measured. "
+        "Fast rows: ours, the peer and the floors timed interleaved, best of --reps rounds each."
+    )
 
 
 def memory_table(libs: List[Tuple[str, Callable]], args: argparse.Namespace) -> None:
