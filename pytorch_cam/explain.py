@@ -377,6 +377,12 @@ def init_distributed(device: Union[str, torch.device, None] = None) -> DistInfo:
         return DistInfo()
     backend = "gloo"
     if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            # torch's own message here is "invalid device ordinal", which names neither cause
+            raise ExplainError(
+                f"torchrun started process LOCAL_RANK={local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s); pass --nproc-per-node at most the GPU count"
+            )
         torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
     # One shard may take minutes, and the barriers wait for the slowest rank's last shard.

@@ -396,3 +396,16 @@ def test_a_torchvision_image_folder_is_keyed_by_its_files(image_dir: Path, tmp_p
     assert results[BROKEN]["status"] == "error"
     assert all(r["target"] == CLASSES.index(k.split("/")[0]) for k, r in results.items() if r["status"] == "ok")
     assert (tmp_path / "out" / "overlays" / "fox" / "03.png.png").is_file()
+
+
+def test_torchrun_with_more_processes_than_gpus_names_the_cause(monkeypatch):
+    """LOCAL_RANK beyond the GPU count: our message, not torch's "invalid device ordinal"."""
+    from pytorch_cam import explain as ex
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(ex.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ex.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(ex.dist, "is_initialized", lambda: False)
+    with pytest.raises(ex.ExplainError, match="LOCAL_RANK=1.*1 GPU"):
+        ex.init_distributed("cuda")
