@@ -5,7 +5,8 @@
     python -m benchmarks.speed --archs resnet18 --batches 1 8 --methods gradcam scorecam --skip-slow-peers
 
 Prints a markdown table. Every time is the best of ``--reps`` runs after a warm-up, except the
-gradient-free methods' slow runs, which run once. A cell marked ``~`` was extrapolated, not
+gradient-free methods' slow runs, which run once (on a GPU after one untimed call: see
+``time_cell``). A cell marked ``~`` was extrapolated, not
 measured: the run was stopped after a fraction (``--fraction``) of its masked/ablated forward
 passes and the rest was extrapolated at the measured per-image rate (these methods do the same
 work for every channel, so their time is linear in the number of channels scored).
@@ -115,8 +116,8 @@ class RowBudget:
 
     def _hook(self, module: nn.Module, args: Any) -> None:
         self.calls += 1
-        if self.calls <= self.skip:
-            return
+        if self.calls <= self.skip or self.budget is None:
+            return  # a full run needs no per-forward clock (and a GPU sync here would stall the queue)
         _SYNC()
         now = time.perf_counter()
         if self.t_first is None:
@@ -337,14 +338,34 @@ def gradcam_lib_runner(method: str, model: nn.Module, layer: nn.Module, x: torch
     cam = cls(model=model, target_layers=layers)
     targets = [ClassifierOutputTarget(TARGET_CLASS)] * x.shape[0]
 
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    # pytorch-grad-cam hooks the target layers when the object is built, and its hooks copy every
+    # activation to the CPU: left on the model, they would slow every other forward timed beside it
+    # (the floors, ours) on a GPU. So they exist only while the peer runs.
+    inners = [getattr(cam, "base_cam", None), *getattr(cam, "base_cam_per_layer", [])] + [cam]
+    inners = [c for c in inners if c is not None and hasattr(c, "activations_and_grads")]
+    for c in inners:
+        c.activations_and_grads.release()
+
+    def release() -> None:
+        for c in inners:
+            c.activations_and_grads.release()
+
     def run() -> Any:
         import tqdm
 
-        with _quiet_tqdm(tqdm):
-            return cam(input_tensor=x, targets=targets)
+        for c in inners:
+            c.activations_and_grads = ActivationsAndGradients(
+                c.model, c.target_layers, c.reshape_transform, getattr(c, "detach", True)
+            )
+        try:
+            with _quiet_tqdm(tqdm):
+                return cam(input_tensor=x, targets=targets)
+        finally:
+            release()
 
-    inner = getattr(cam, "base_cam", None) or getattr(cam, "base_cam_per_layer", [None])[0] or cam
-    run.release = inner.activations_and_grads.release  # type: ignore[attr-defined]
+    run.release = release  # type: ignore[attr-defined]
     return run
 
 
@@ -416,6 +437,10 @@ def time_cell(
             budget = max(int(fraction * total), 96) if estimate else None
             if budget is not None and budget >= total:
                 budget = None
+            if _SYNC is not _no_sync and budget is None:
+                # On a GPU the first call pays cuDNN's per-shape setup and our chunk-size/layout
+                # choice, which can outweigh the run itself: time the steady state, like the floors.
+                runner()
             return RowBudget(model, total, budget, skip).run(runner)
         return best_time(runner, reps), False
     finally:

@@ -136,6 +136,34 @@ def test_auto_memory_format_is_measured_cached_and_exact():
     np.testing.assert_allclose(again, pinned, atol=1e-5, rtol=0)
 
 
+def test_gpu_policy_takes_the_largest_chunk_and_warms_both_layouts(monkeypatch):
+    """Where sizes are not probed (GPUs), every scoring forward is the largest chunk, and each layout's
+    first chunk is a warm-up (cuDNN's per-shape setup) before the one that is timed."""
+    import pytorch_cam.perturbation as pert
+
+    monkeypatch.setattr(pert, "probes_chunk_size", lambda device: False)
+    model = small_cnn(channels=48, stride=4)
+    x = seeded_input(2, 3, 224, 224, seed=5)
+    seen = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a: seen.append((a[0].shape[0], a[0].is_contiguous(memory_format=torch.channels_last)))
+    )
+    cam = pc.ScoreCAM(model, [model.act], progress=False)
+    try:
+        auto = cam(x, targets=[0, 1])
+    finally:
+        handle.remove()
+    largest = pert.auto_candidates(torch.device("cpu"), 224 * 224)[-1]
+    key = ("score", (3, 224, 224), torch.float32)
+    assert cam.auto_batch_sizes[key] == largest
+    scoring = seen[1:]  # the first forward is the capture pass
+    assert all(n == largest for n, _ in scoring[:-1])
+    assert [cl for _, cl in scoring[:4]] == [False, False, True, True]
+    assert cam.auto_memory_formats[key] in ("contiguous", "channels_last")
+    pinned = pc.ScoreCAM(model, [model.act], batch_size=8, progress=False)(x, targets=[0, 1])
+    np.testing.assert_allclose(auto, pinned, atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------- every method at reduced precision
 FAST_KW = {
     "sscam": {"num_samples": 2, "seed": 0},
@@ -146,9 +174,6 @@ FAST_KW = {
 }
 
 
-# Known core bug (reported): SmoothGradCAM++'s extra passes run inside the map computation's no_grad
-# block, and capture_pass casts the bf16/fp16 outputs to float32 outside its grad context, which
-# detaches them; the pass then reports "the target scores carry no gradient".
 def build(name: str, model: nn.Module, **kwargs):
     cls = METHODS[name]
     params = inspect.signature(cls.__init__).parameters
