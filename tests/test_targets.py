@@ -166,3 +166,20 @@ def test_similarity_to_concept():
         concepts = model(x)
     maps = pc.GradCAM(model, [model[0]])(x, [SimilarityToConceptTarget(c) for c in concepts])
     assert maps.shape == (2, 16, 16) and np.isfinite(maps).all()
+
+
+def test_batched_class_scores_equal_per_image_scores_and_gradients():
+    """The gather fast path for ClassifierOutputTarget: same values and gradients as scoring each row."""
+    from pytorch_cam.base_cam import target_score, target_scores
+    from pytorch_cam.utils.model_targets import ClassifierOutputTarget as COT
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 10, generator=g, requires_grad=True)
+    targets = [COT(3), COT(-1), COT(0), COT(3)]
+    fast = target_scores(targets, logits)
+    (g_fast,) = torch.autograd.grad((fast * torch.arange(1.0, 5.0)).sum(), logits)
+    slow = torch.stack([target_score(t, logits[i]) for i, t in enumerate(targets)])
+    (g_slow,) = torch.autograd.grad((slow * torch.arange(1.0, 5.0)).sum(), logits)
+    assert torch.equal(fast, slow) and torch.equal(g_fast, g_slow)
+    with pytest.raises(IndexError, match="outside the model output"):
+        target_scores([COT(1), COT(10)], logits)
