@@ -174,7 +174,8 @@ def evaluate(
     noisy = None
     if control_noise > 0:
         g = torch.Generator().manual_seed(12345)
-        noisy = case.images + control_noise * float(case.images.std()) * torch.randn(case.images.shape, generator=g)
+        noise = torch.randn(case.images.shape, generator=g).to(case.images.device)
+        noisy = case.images + control_noise * float(case.images.std()) * noise
     for method in methods:
         row: dict = {"method": method}
         maps: Dict[str, torch.Tensor] = {}
@@ -265,6 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default=1e-3,
         help="the control column's input noise, relative to the images' std (0: no control column)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the models and images are moved there)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -273,11 +275,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    print(f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads\n")
     failed = False
     for name in args.models:
         n = args.n_resnet50 if name == "resnet50" else args.n
         case = CASES[name](n, args.seed)
+        case.model.to(args.device)
+        case.images = case.images.to(args.device)
         methods = [m for m in args.methods if not (name == "resnet50" and m in SLOW_ON_LARGE)]
         rows = evaluate(case, methods, precisions, args.batch_size, log, args.control_noise)
         failed |= any(k.startswith("error") for row in rows for k in row)
