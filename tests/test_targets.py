@@ -183,3 +183,13 @@ def test_batched_class_scores_equal_per_image_scores_and_gradients():
     assert torch.equal(fast, slow) and torch.equal(g_fast, g_slow)
     with pytest.raises(IndexError, match="outside the model output"):
         target_scores([COT(1), COT(10)], logits)
+
+
+def test_similarity_target_given_a_dict_names_the_problem():
+    """Regression: a dict-valued model output was a raw AttributeError ('dict' has no 'reshape')."""
+    from pytorch_cam.utils.model_targets import SimilarityToConceptTarget
+
+    target = SimilarityToConceptTarget(torch.ones(4))
+    with pytest.raises(TypeError, match="embedding tensor.*dict with keys \\['embedding'\\]"):
+        target({"embedding": torch.ones(4)})
+    assert float(target(torch.ones(4))) == pytest.approx(1.0)

@@ -199,6 +199,13 @@ class SimilarityToConceptTarget:
         self.features = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(model_output):
+            keys = f" with keys {sorted(model_output)}" if isinstance(model_output, dict) else ""
+            raise TypeError(
+                f"SimilarityToConceptTarget needs the embedding tensor of one image, got a "
+                f"{type(model_output).__name__}{keys}; wrap the model so that it returns the embedding, e.g. "
+                "lambda x: model(x)['embedding'] in an nn.Module"
+            )
         out = model_output.reshape(-1)
         concept = self.features.reshape(-1).to(out.device, out.dtype)
         if out.numel() != concept.numel():
