@@ -762,8 +762,9 @@ class _ShardWriter(threading.Thread):
         except Exception:  # the file changed since the loader read it: no overlay, the map stands
             return
         m = cv2.resize(q.astype(np.float32) / MAP_SCALE, (w, h), interpolation=cv2.INTER_LINEAR)
-        overlay = show_cam_on_image(np.asarray(rgb, np.float32) / 255.0, np.clip(m, 0.0, 1.0), use_rgb=False)
-        ok, png = cv2.imencode(".png", overlay)
+        # PIL decodes RGB, cv2.imencode writes BGR: blend in RGB, then reorder once for the file.
+        overlay = show_cam_on_image(np.asarray(rgb, np.float32) / 255.0, np.clip(m, 0.0, 1.0), use_rgb=True)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError(f"could not encode the overlay of {key!r}")
         _atomic_write(self.out / _overlay_name(key), lambda f: f.write(png.tobytes()))

@@ -29,7 +29,7 @@ from pytorch_cam.explain import (
     list_images,
     load_results,
 )
-from pytorch_cam.utils.image import IMAGENET_MEAN, IMAGENET_STD
+from pytorch_cam.utils.image import IMAGENET_MEAN, IMAGENET_STD, show_cam_on_image
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 64  # model input: resnet18's layer4 is 2x2, enough for maps that vary
@@ -299,6 +299,12 @@ def test_overlays_and_metrics(image_dir: Path, tmp_path: Path) -> None:
     for key, rec in results.items():
         overlay = cv2.imread(str(out / "overlays" / f"{key}.png"))
         assert overlay is not None and overlay.shape[:2] == rec["size"]  # at the photo's own size
+        # Regression: the photo's red and blue were swapped (an RGB photo blended as if BGR). The overlay
+        # file is what show_cam_on_image gives for the photo in RGB, written in OpenCV's BGR order.
+        photo = cv2.cvtColor(cv2.imread(str(root / key)), cv2.COLOR_BGR2RGB)
+        m = cv2.resize(rec["map"], photo.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        expected = show_cam_on_image(np.float32(photo) / 255, np.clip(m, 0, 1), use_rgb=True)
+        assert np.abs(cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB).astype(int) - expected.astype(int)).max() <= 2
         assert np.isfinite(rec["confidence_change"])
     summary = json.loads((out / "summary.json").read_text())
     mean = np.mean([r["confidence_change"] for r in results.values()])
