@@ -198,15 +198,19 @@ class PerturbationCAM(BaseCAM):
         bar = self._progress_bar(total)
         start = 0
 
-        def one(chunk: int, layout: str) -> Iterator[Chunk]:
-            """Hand out one chunk; returns the seconds per pair it took (None if it was not full)."""
+        def one(chunk: int, layout: str, timed: bool = True) -> Iterator[Chunk]:
+            """Hand out one chunk; returns the seconds per pair it took (None if it was not full or
+            not ``timed``). Only timed chunks wait for the GPU: the others leave its queue running."""
             nonlocal start
-            _sync(keep.device)
+            if timed:
+                _sync(keep.device)
             t0 = time.perf_counter()
             stop = min(start + chunk, total)
             yield Chunk(b_idx[start:stop], c_idx[start:stop], layout)
-            _sync(keep.device)
-            elapsed = (time.perf_counter() - t0) / chunk if stop - start == chunk else None
+            elapsed = None
+            if timed and stop - start == chunk:
+                _sync(keep.device)
+                elapsed = (time.perf_counter() - t0) / chunk
             if bar is not None:
                 bar.update(stop - start)
             start = stop
@@ -228,7 +232,7 @@ class PerturbationCAM(BaseCAM):
                 for i, chunk in enumerate(plan):
                     if start >= total:
                         break
-                    took = yield from one(chunk, fmt or "contiguous")
+                    took = yield from one(chunk, fmt or "contiguous", timed=i > 0)
                     if i > 0 and took is not None:
                         per_pair[chunk] = took
                 size = min(per_pair, key=per_pair.__getitem__) if per_pair else max(candidates)
@@ -240,16 +244,16 @@ class PerturbationCAM(BaseCAM):
                     base = per_pair.get(size)
                     if base is None:
                         if warm_both:
-                            yield from one(size, "contiguous")
+                            yield from one(size, "contiguous", timed=False)
                         base = yield from one(size, "contiguous")
-                    yield from one(size, "channels_last")  # warm-up
+                    yield from one(size, "channels_last", timed=False)  # warm-up
                     cl = yield from one(size, "channels_last")
                     if base is not None and cl is not None:
                         # A small margin keeps the exact contiguous layout when the two are a tie.
                         fmt = "channels_last" if cl < 0.97 * base else "contiguous"
                         self.auto_memory_formats[key] = fmt
             while start < total:
-                yield from one(size, fmt)
+                yield from one(size, fmt, timed=False)
         finally:
             if bar is not None:
                 bar.close()

@@ -272,3 +272,26 @@ def test_ablation_closed_form_only_where_it_is_exact(private_resnet18, vgg11, ma
     assert pooled_linear_head(split_after(model, model.layer3[-1])) is None
     assert pooled_linear_head(split_after(vgg11, vgg11.features[-1])) is None
     assert pooled_linear_head(split_after(model, model.layer4[0].conv1)) is None
+
+
+def test_only_the_timed_chunks_wait_for_the_device(model, x, monkeypatch):
+    """Regression: every chunk synchronised with the GPU twice, so the host could not queue the next
+    chunk while one ran. Now a pinned batch size never waits, and "auto" waits only around the chunks
+    it times."""
+    import pytorch_cam.perturbation as pert
+
+    waits = []
+    monkeypatch.setattr(pert, "_sync", lambda device: waits.append(device))
+    layer = model.layer3[-1]  # 2x2 maps at this input size: 256 masks per image to score
+    ScoreCAM(model, [layer], batch_size=4, progress=False)(x, targets=[1] * x.shape[0])
+    assert waits == []
+    cam = ScoreCAM(model, [layer], progress=False)
+    cam(x, targets=[1] * x.shape[0])
+    probed = len(waits)
+    timed_at_most = len(pert.auto_candidates(x.device, X_SIZE * X_SIZE)) + 2  # the sizes, then two layouts
+    assert 0 < probed <= 2 * timed_at_most
+    cam(x, targets=[1] * x.shape[0])  # the size is cached; the layouts are compared now (no room before)
+    assert len(waits) - probed <= 2 * 2
+    settled = len(waits)
+    cam(x, targets=[1] * x.shape[0])  # both choices cached: nothing is timed again
+    assert len(waits) == settled
