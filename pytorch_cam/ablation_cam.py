@@ -38,7 +38,7 @@ from torch import nn
 from pytorch_cam.base_cam import LayerContext, describe_output, logger
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
 from pytorch_cam.utils.fx_split import TailSplit, pooled_linear_head, split_after
-from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget, class_indices
 from pytorch_cam.utils.precision import autocast, float32_outputs, to_memory_format
 
 
@@ -298,7 +298,7 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
             if head is not None:
                 # Tail = global average pooling + flatten + linear: zeroing channel k lowers class c's logit by
                 # exactly W[c, k] * mean(A_k), so no ablated copy needs to be built or run.
-                cats = torch.tensor([t.category for t in ctx.targets], device=raw.device) % head.out_features
+                cats = class_indices(ctx.targets, head.out_features, raw.device)
                 drop = head.weight[cats].to(raw.dtype) * raw.mean(dim=tuple(range(2, raw.ndim)))
                 ablated = torch.where(keep, original[:, None] - drop.to(ablated.dtype), ablated)
                 return relative_drop(original, ablated)

@@ -34,7 +34,7 @@ from pytorch_cam.utils.find_layers import (
     known_num_prefix_tokens,
 )
 from pytorch_cam.utils.model_state import PerThreadResults, eager_model, eval_mode
-from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.model_targets import ClassifierOutputTarget, class_indices
 from pytorch_cam.utils.precision import autocast, check_precision, float32_outputs, to_memory_format
 from pytorch_cam.utils.reshape_transforms import (
     accepts_input_size,
@@ -168,21 +168,23 @@ def target_score(target: Callable[[Any], Any], output_row: Any) -> torch.Tensor:
     return value.reshape(())
 
 
-def target_scores(targets: Sequence[Callable[[Any], Any]], rows: Any) -> torch.Tensor:
-    """(B,) score of each image's target on its output row (``rows[i]`` for ``targets[i]``).
+def target_scores(
+    targets: Sequence[Callable[[Any], Any]], rows: Any, image_index: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Score of each output row: ``targets[i](rows[i])``, or with ``image_index`` (R,) the target of
+    the image row j belongs to, ``targets[image_index[j]](rows[j])``.
 
-    Plain class indices (``ClassifierOutputTarget``) on a (B, classes) tensor are one gather, whose
-    backward is one scatter: per-image indexing costs two small ops per image each way, which on a GPU
+    Plain class indices (``ClassifierOutputTarget``) on a (R, classes) tensor are one gather, whose
+    backward is one scatter: per-row indexing costs two small ops per row each way, which on a GPU
     is a launch-bound millisecond per call. The values and gradients are the same.
     """
     if torch.is_tensor(rows) and rows.ndim == 2 and all(type(t) is ClassifierOutputTarget for t in targets):
-        n = rows.shape[1]
-        for t in targets:
-            if not -n <= t.category < n:
-                t(rows[0])  # raises the target's own IndexError, naming the valid range
-        cats = torch.tensor([t.category % n for t in targets], device=rows.device)
+        cats = class_indices(targets, rows.shape[1], rows.device)
+        if image_index is not None:
+            cats = cats[image_index]
         return rows.gather(1, cats[:, None])[:, 0]
-    return torch.stack([target_score(t, rows[i]) for i, t in enumerate(targets)])
+    owner = range(len(targets)) if image_index is None else image_index.tolist()
+    return torch.stack([target_score(targets[b], rows[j]) for j, b in enumerate(owner)])
 
 
 def is_tensor_dict(value: Any) -> bool:

@@ -18,8 +18,7 @@ from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple, U
 import torch
 from torch import nn
 
-from pytorch_cam.base_cam import BaseCAM, output_rows, target_score
-from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.base_cam import BaseCAM, output_rows, target_scores
 from pytorch_cam.utils.precision import check_memory_format
 
 #: the batch_size every perturbation method defaults to
@@ -82,15 +81,7 @@ def top_channels(activations: torch.Tensor, k: int, rank: str = "max") -> torch.
 
 def score_rows(outputs: Any, targets: Sequence, image_index: torch.Tensor) -> torch.Tensor:
     """Target score of each output row; row j belongs to image ``image_index[j]``."""
-    outputs = output_rows(outputs, image_index.numel())
-    if all(type(t) is ClassifierOutputTarget for t in targets) and torch.is_tensor(outputs) and outputs.ndim == 2:
-        for t in targets:
-            t(outputs[0])  # range check, raises a clear IndexError
-        # Python's negative indexing, as ClassifierOutputTarget itself applies it.
-        cats = torch.tensor([t.category for t in targets], device=outputs.device) % outputs.shape[1]
-        return outputs.gather(1, cats[image_index][:, None])[:, 0]
-    rows = image_index.tolist()
-    return torch.stack([target_score(targets[b], outputs[j]) for j, b in enumerate(rows)])
+    return target_scores(targets, output_rows(outputs, image_index.numel()), image_index)
 
 
 def check_ratio(ratio_channels_to_ablate: float) -> float:

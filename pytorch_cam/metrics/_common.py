@@ -17,7 +17,7 @@ from torch import nn
 from pytorch_cam.base_cam import model_device, resize_maps
 from pytorch_cam.perturbation import score_rows as target_rows
 from pytorch_cam.utils.model_state import eval_mode  # noqa: F401  (the metrics modules import it from here)
-from pytorch_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from pytorch_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget, class_indices
 from pytorch_cam.utils.precision import (
     autocast,
     check_memory_format,
@@ -147,9 +147,7 @@ def score_targets(outputs, targets: Sequence, image_index: torch.Tensor) -> torc
         and targets
         and all(type(t) is ClassifierOutputSoftmaxTarget for t in targets)
     ):
-        for t in targets:
-            t(outputs[0])  # its range check: a clear IndexError
-        cats = torch.tensor([t.category for t in targets], device=outputs.device) % outputs.shape[1]
+        cats = class_indices(targets, outputs.shape[1], outputs.device)
         return F.softmax(outputs.float(), dim=1).gather(1, cats[image_index][:, None])[:, 0]
     return target_rows(outputs, targets, image_index).float()
 

@@ -25,13 +25,25 @@ __all__ = [
 ]
 
 
-def _check_category(category: int, model_output: torch.Tensor) -> None:
-    n = model_output.shape[-1]
+def _check_class(category: int, n: int) -> None:
     if not -n <= category < n:
         raise IndexError(
             f"target class {category} is outside the model output, which has {n} classes "
             f"(valid: 0..{n - 1}); pass a class index the model actually predicts"
         )
+
+
+def _check_category(category: int, model_output: torch.Tensor) -> None:
+    _check_class(category, model_output.shape[-1])
+
+
+def class_indices(targets: Sequence[ClassifierOutputTarget], n: int, device: torch.device) -> torch.Tensor:
+    """(len(targets),) long: each class-index target's class as an index into ``n`` classes (negative
+    classes count from the end, as the targets themselves index), for scoring many rows in one gather.
+    A class outside the ``n`` raises the targets' own IndexError."""
+    for t in targets:
+        _check_class(t.category, n)
+    return torch.tensor([t.category % n for t in targets], device=device)
 
 
 class ClassifierOutputTarget:
