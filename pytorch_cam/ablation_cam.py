@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from pytorch_cam.base_cam import LayerContext, describe_output, logger
 from pytorch_cam.perturbation import DEFAULT_BATCH_SIZE, PerturbationCAM, check_ratio, relative_drop, top_channels
 from pytorch_cam.utils.fx_split import TailSplit, pooled_linear_head, split_after
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget, class_indices
-from pytorch_cam.utils.precision import autocast, float32_outputs, to_memory_format
+from pytorch_cam.utils.precision import float32_outputs, to_memory_format
 
 
 def _crossing_rows(crossing: List[Any], rows: torch.Tensor, n: int) -> List[Any]:
@@ -113,8 +113,7 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
 
         handle = layer.register_forward_hook(replace)
         try:
-            with autocast(input_rows.device, self.scoring_precision):
-                outputs = self.model(to_memory_format(input_rows, memory_format))
+            outputs = self.model(to_memory_format(input_rows, memory_format))
         finally:
             handle.remove()
         if not ran:
@@ -198,14 +197,22 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         return run
 
     def run_tail(self, split: TailSplit, new: torch.Tensor, crossing: List[Any]) -> Any:
-        """The fx tail's outputs for the layer output ``new``, in float32 (see ``scoring_precision``)."""
-        with autocast(new.device, self.scoring_precision):
-            outputs = split.tail(new, *crossing)
-        return float32_outputs(outputs)
+        """The fx tail's outputs for the layer output ``new``, in float32 (no autocast: see ``unablated_scores``)."""
+        return float32_outputs(split.tail(new, *crossing))
 
-    #: Ablated copies are scored in fp32 whatever ``precision`` says: removing one channel moves a
-    #: logit by less than bf16's step at that logit, so (y - y_k) / y would be rounding noise.
-    scoring_precision = "fp32"
+    def unablated_scores(self, ctx: LayerContext, run_unablated: Callable[[], Any]) -> torch.Tensor:
+        """(B,) the scores y that the ablated y_k are compared with.
+
+        The ablated copies are scored in fp32 whatever ``precision`` says (no autocast around their
+        forwards): removing one channel moves a logit by less than bf16's step at that logit, so
+        (y - y_k) / y would be rounding noise. When the capture pass ran at reduced precision, y is
+        scored again in fp32 by ``run_unablated()`` (outputs of the whole batch), so y and y_k round alike.
+        """
+        original = ctx.target_scores.to(ctx.activations.device)
+        if self.precision == "fp32":
+            return original
+        rows = torch.arange(original.shape[0], device=ctx.input_tensor.device)
+        return self.score_rows(run_unablated(), ctx.targets, rows).to(original.dtype)
 
     def _closed_form_head(self, ctx: LayerContext, dim: int) -> Optional[nn.Linear]:
         """The linear head when the verified fx tail is pooling + linear and every target is a plain logit."""
@@ -233,16 +240,11 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
         """
         layer_obj, activations = self.ablation_layer, ctx.activations
         b, c = activations.shape[:2]
-        original = ctx.target_scores.to(activations.device)
-        ablated = original[:, None].expand(b, c).clone()  # channels not ablated: no drop, weight 0
         chunk = self.fixed_chunk_size() or 32  # "auto" does not apply: the layer object sets the pace
         x = ctx.input_tensor
         with self._ablation_layer_lock, torch.inference_mode():
-            if self.precision != "fp32":  # y in fp32 like the y_k (see layer_weights)
-                rows = torch.arange(b, device=x.device)
-                same = self.run_with_layer_output(ctx.layer, x, lambda output: output)
-                original = self.score_rows(same, ctx.targets, rows).to(original.dtype)
-                ablated = original[:, None].expand(b, c).clone()
+            original = self.unablated_scores(ctx, lambda: self.run_with_layer_output(ctx.layer, x, lambda out: out))
+            ablated = original[:, None].expand(b, c).clone()  # channels not ablated: no drop, weight 0
             try:
                 for i in range(b):
                     picked = layer_obj.activations_to_be_ablated(
@@ -284,16 +286,11 @@ class AblationCAM(PerturbationCAM, name="ablationcam"):
             )
         k = max(1, round(self.ratio_channels_to_ablate * c))
         keep = top_channels(activations, k, "max")
-        original = ctx.target_scores.to(activations.device)
-        ablated = original[:, None].expand(b, c).clone()  # skipped channels: no drop, weight 0
         with torch.inference_mode():
             run = self._tail_runner(ctx)
-            if self.precision != "fp32":
-                # The capture pass ran at reduced precision: score the unablated output in fp32 too, so that
-                # y and y_k round alike.
-                rows = torch.arange(b, device=raw.device)
-                original = self.score_rows(run(rows, raw.clone(), None), ctx.targets, rows).to(original.dtype)
-                ablated = original[:, None].expand(b, c).clone()
+            everyone = torch.arange(b, device=raw.device)
+            original = self.unablated_scores(ctx, lambda: run(everyone, raw.clone(), None))
+            ablated = original[:, None].expand(b, c).clone()  # skipped channels: no drop, weight 0
             head = self._closed_form_head(ctx, dim)
             if head is not None:
                 # Tail = global average pooling + flatten + linear: zeroing channel k lowers class c's logit by
