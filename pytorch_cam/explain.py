@@ -56,6 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pytorch_cam.base_cam import primary_output
 from pytorch_cam.utils.image import IMAGENET_MEAN, IMAGENET_STD, show_cam_on_image
 from pytorch_cam.utils.model_state import eval_mode
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
@@ -773,30 +774,22 @@ class _ShardWriter(threading.Thread):
 # ------------------------------------------------------------------------------------ the run
 def _logits(cam: Any, x: torch.Tensor, aug_smooth: bool) -> torch.Tensor:
     """The classifier scores (B, K) of the images the CAM just explained."""
-    out = None if aug_smooth else getattr(cam, "outputs", None)
-    out = _primary(out)
+    out = None if aug_smooth else primary_output(getattr(cam, "outputs", None))
     if not (torch.is_tensor(out) and out.ndim == 2 and out.shape[0] == x.shape[0]):
         # Methods whose last forward was not the images' own (SESS scores patches; aug_smooth
         # ends on a transformed copy): one extra plain forward gives the images' scores.
         run_model = getattr(cam, "run_model", None)
         with torch.no_grad(), eval_mode(cam.model):
-            out = _primary(run_model(x) if run_model is not None else cam.model(x))
+            out = run_model(x) if run_model is not None else cam.model(x)
+    return _class_scores(out).detach().float()
+
+
+def _class_scores(out: Any) -> torch.Tensor:
+    """The (batch, classes) scores in a model's output (``primary_output``), or the error saying why not."""
+    out = primary_output(out)
     if not (torch.is_tensor(out) and out.ndim == 2):
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ExplainError(f"explain_dataset explains classifiers, whose output is (batch, classes); got {shape}")
-    return out.detach().float()
-
-
-def _primary(out: Any) -> Any:
-    if torch.is_tensor(out) or out is None:
-        return out
-    logits = getattr(out, "logits", None)
-    if torch.is_tensor(logits):
-        return logits
-    if isinstance(out, Mapping):
-        return out.get("logits", out.get("out"))
-    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
-        return out[0]
     return out
 
 
@@ -809,15 +802,12 @@ def _num_classes(cam: Any, source: _Source, device: torch.device) -> int:
     x = torch.zeros(1, *shape, device=device)
     try:
         with torch.no_grad(), eval_mode(cam.model):
-            out = _primary(cam.model(x))
+            out = cam.model(x)
     except Exception as e:
         raise ExplainError(
             f"the model does not take {tuple(x.shape[1:])} inputs ({_error_text(e)}); choose an input size it accepts"
         ) from None
-    if not (torch.is_tensor(out) and out.ndim == 2):
-        shape_text = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ExplainError(f"explain_dataset explains classifiers, whose output is (batch, classes); got {shape_text}")
-    return int(out.shape[1])
+    return int(_class_scores(out).shape[1])
 
 
 def _metric_values(
@@ -1016,7 +1006,8 @@ def _run(
         raise ExplainError(error, all_ranks=True)
 
     finished_before = (out / "manifest.json").exists()
-    todo = [j for j in range(n_shards) if j not in set(done)]
+    finished = set(done)
+    todo = [j for j in range(n_shards) if j not in finished]
     mine = todo[d.rank :: d.world_size]
     shard_sizes = {j: min(n, (j + 1) * o["shard_size"]) - j * o["shard_size"] for j in range(n_shards)}
     to_do_images = sum(shard_sizes[j] for j in todo)
@@ -1055,13 +1046,13 @@ def _run(
             stats["error"],
             *[stats["sum"][f] for f in metric_fields],
             *[stats["count"][f] for f in metric_fields],
+            float(mine_images),
         ],
     )
-    ok, errors = int(sums[0]), int(sums[1])
+    ok, errors, done_images = int(sums[0]), int(sums[1]), sums[-1]
     k = len(metric_fields)
     means = {f: (sums[2 + i] / sums[2 + k + i] if sums[2 + k + i] else None) for i, f in enumerate(metric_fields)}
     first_errors = sorted(e for part in _gather(d, stats["first_errors"]) for e in part)[:5]
-    done_images = sum(_all_sum(d, [float(mine_images)])) if _world(d) else float(mine_images)
     summary = {
         "format": FORMAT,
         "images": n,
@@ -1125,10 +1116,11 @@ def _explain_shards(
             owner.append(j)
     if not batches:
         return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = max(1, (os.cpu_count() or 1) // max(1, local))  # this process's share of the machine
     workers = o["num_workers"] if o["num_workers"] is not None else source.num_workers
     if workers is None:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        workers = max(1, min(4, (os.cpu_count() or 1) // max(1, local)))
+        workers = min(4, cores)
     loader = DataLoader(
         source.items,
         batch_sampler=batches,
@@ -1140,8 +1132,6 @@ def _explain_shards(
     normalise = not source.items.normalised
     mean_t = torch.tensor(list(o["mean"]), dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
     std_t = torch.tensor(list(o["std"]), dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores = max(1, (os.cpu_count() or 1) // max(1, local))  # this process's share of the machine
     writer = _ShardWriter(
         out, shard_sizes, source.map_shape, source, o["overlays"], metric_fields, threads=min(4, cores)
     )
@@ -1198,9 +1188,7 @@ def _explain_shards(
                 target[rows] = classes.cpu().numpy()
                 score[rows] = scores.cpu().numpy()
                 if metric_fields:
-                    values = _metric_values(
-                        cam, x, maps, classes, [m for m in METRICS if METRICS[m][0] in metric_fields]
-                    )
+                    values = _metric_values(cam, x, maps, classes, o["metrics"])
                     for f, v in values.items():
                         metric_values[f][rows] = v.detach().float().cpu().numpy()
             writer.put(
