@@ -35,6 +35,7 @@ from pytorch_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_cam.methods import BATCHED, METHODS
 from pytorch_cam.utils.image import deprocess_image, load_image, preprocess_image, show_cam_on_image
 from pytorch_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_cam.utils.precision import PRECISIONS
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "chelsea.png"  # package data: also after pip install .
 EXIT_USAGE = 2
@@ -194,13 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help=f"inputs scored per forward pass by {', '.join(sorted(BATCHED))} (default: auto, which times a "
-        "few sizes on the first chunks and keeps the fastest). With --image-dir: images per CAM call, for "
-        "every method (default: 32)",
+        help=f"inputs scored per forward pass by {', '.join(sorted(BATCHED))} (default: auto, which on a CPU "
+        "times a few sizes on the first chunks and keeps the fastest, and on a GPU takes the largest). With "
+        "--image-dir: images per CAM call, for every method (default: 32)",
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
+        choices=list(PRECISIONS),
         default="fp32",
         help="forward/backward under autocast; fp32 is exact, bf16 ~2-3x faster on CPUs with bf16 support",
     )
@@ -261,12 +262,24 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.cskip is not None or args.batch_size is not None:
             raise CLIError("--method all chooses each method's settings itself; drop --cskip and --batch-size")
         return
-    method_cls = METHODS[args.method]
-    if args.cskip is not None and "cskip" not in inspect.signature(method_cls.__init__).parameters:
-        takes = [n for n, c in METHODS.items() if "cskip" in inspect.signature(c.__init__).parameters]
-        raise CLIError(f"--cskip only applies to {', '.join(takes)}, not to --method {args.method}")
+    _check_cskip(args)
     if args.batch_size is not None and args.method not in BATCHED:
         raise CLIError(f"--batch-size only applies to {', '.join(sorted(BATCHED))}, not to --method {args.method}")
+
+
+def _check_cskip(args: argparse.Namespace) -> None:
+    if args.cskip is not None and "cskip" not in inspect.signature(METHODS[args.method].__init__).parameters:
+        takes = [n for n, c in METHODS.items() if "cskip" in inspect.signature(c.__init__).parameters]
+        raise CLIError(f"--cskip only applies to {', '.join(takes)}, not to --method {args.method}")
+
+
+def _weights_note(args: argparse.Namespace) -> Optional[str]:
+    """What to tell the user about the weights they chose (None for torchvision's default ones)."""
+    if args.weights.lower() == "none":
+        return f"note: --weights none: {args.arch} has RANDOM weights, so predictions and maps are meaningless"
+    if args.weights.upper() != "DEFAULT":
+        return f"loaded weights from {args.weights}"
+    return None
 
 
 def _check_dataset_args(args: argparse.Namespace) -> None:
@@ -274,10 +287,7 @@ def _check_dataset_args(args: argparse.Namespace) -> None:
         raise CLIError("--method all compares methods on one image; with --image-dir pick one --method")
     if args.target is not None and args.target_class is not None:
         raise CLIError(f"--target {args.target} and --target-class both choose the class; pass one of them")
-    method_cls = METHODS[args.method]
-    if args.cskip is not None and "cskip" not in inspect.signature(method_cls.__init__).parameters:
-        takes = [n for n, c in METHODS.items() if "cskip" in inspect.signature(c.__init__).parameters]
-        raise CLIError(f"--cskip only applies to {', '.join(takes)}, not to --method {args.method}")
+    _check_cskip(args)
     if args.target_class is not None and args.target_class < 0:
         raise CLIError(f"--target-class {args.target_class} is negative; pass a class index >= 0")
 
@@ -443,10 +453,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--image-path: {_first_line(e)}") from None
 
     model = load_model(args.arch, args.weights).to(device).eval()
-    if args.weights.lower() == "none":
-        print(f"note: --weights none: {args.arch} has RANDOM weights, so predictions and maps are meaningless")
-    elif args.weights.upper() != "DEFAULT":
-        print(f"loaded weights from {args.weights}")
+    note = _weights_note(args)
+    if note is not None:
+        print(note)
 
     small = _model_input(rgb, args.input_size, square=args.arch.lower().startswith(_SQUARE_INPUT))
     x = preprocess_image(small).to(device)
@@ -613,13 +622,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         error = agree_on_error(d, error)
         if error is not None:
             raise CLIError(error)
-        notes = []
-        if args.weights.lower() == "none":
-            notes.append(
-                f"note: --weights none: {args.arch} has RANDOM weights, so predictions and maps are meaningless"
-            )
-        elif args.weights.upper() != "DEFAULT":
-            notes.append(f"loaded weights from {args.weights}")
+        notes = [note for note in [_weights_note(args)] if note is not None]
 
         def log(message: str) -> None:
             # the notes wait for the input checks, so that a bad input ends with the error line alone
