@@ -7,7 +7,7 @@ and the scores returned as float32.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -245,6 +245,16 @@ def resolve_targets(model: nn.Module, images: torch.Tensor, targets, forward: Op
         classes = resolve_classes(model, images, None, forward)
         checked = [ClassifierOutputTarget(int(c)) for c in classes.tolist()]
     return checked
+
+
+def resolve_scoring(
+    model: nn.Module, images: torch.Tensor, targets, score: str, forward: Optional[Forward] = None
+) -> Tuple[Optional[torch.Tensor], Optional[list]]:
+    """What a metric scores each image by: (class per image, None), or for ``score="target"``
+    (None, one target callable per image)."""
+    if score == "target":
+        return None, resolve_targets(model, images, targets, forward)
+    return resolve_classes(model, images, targets, forward), None
 
 
 def pixel_ranks(maps: torch.Tensor, descending: bool = True, seed: int = 0) -> torch.Tensor:

@@ -34,8 +34,7 @@ from pytorch_cam.metrics._common import (
     check_score,
     eval_mode,
     forward_scores,
-    resolve_classes,
-    resolve_targets,
+    resolve_scoring,
 )
 
 
@@ -59,11 +58,10 @@ def masked_scores(
     both_x = torch.cat([x, x * m[:, None].to(x.dtype)])
     rows = torch.arange(n, device=x.device).repeat(2)
     with eval_mode(model):
-        if score == "target":
-            target_list = resolve_targets(model, x, targets, forward)
-            both = forward_scores(model, both_x, None, score, forward, target_list, rows)
-        else:
-            both = forward_scores(model, both_x, resolve_classes(model, x, targets, forward)[rows], score, forward)
+        classes, target_list = resolve_scoring(model, x, targets, score, forward)
+        both = forward_scores(
+            model, both_x, None if classes is None else classes[rows], score, forward, target_list, rows
+        )
     return both[:n], both[n:]
 
 

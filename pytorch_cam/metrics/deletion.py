@@ -35,8 +35,7 @@ from pytorch_cam.metrics._common import (
     check_score,
     gaussian_blur,
     pixel_ranks,
-    resolve_classes,
-    resolve_targets,
+    resolve_scoring,
     score_rows,
 )
 
@@ -61,10 +60,7 @@ def _curve(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     x = check_images(model, images)
     m = check_maps(maps, x)
-    if score == "target":
-        classes, target_list = None, resolve_targets(model, x, targets, forward)
-    else:
-        classes, target_list = resolve_classes(model, x, targets, forward), None
+    classes, target_list = resolve_scoring(model, x, targets, score, forward)
     b, c, h, w = x.shape
     ranks = pixel_ranks(m)  # (B, HW)
     counts = torch.round(torch.linspace(0, h * w, steps + 1, device=x.device)).long()

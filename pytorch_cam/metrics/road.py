@@ -46,8 +46,7 @@ from pytorch_cam.metrics._common import (
     check_maps,
     check_score,
     pixel_ranks,
-    resolve_classes,
-    resolve_targets,
+    resolve_scoring,
     score_rows,
 )
 
@@ -351,10 +350,7 @@ def road_curve(
     x = check_images(model, images)
     m = check_maps(maps, x)
     removed = removal(m, order, percentiles, ties)
-    if score == "target":
-        classes, target_list = None, resolve_targets(model, x, targets, forward)
-    else:
-        classes, target_list = resolve_classes(model, x, targets, forward), None
+    classes, target_list = resolve_scoring(model, x, targets, score, forward)
     b, c, h, w = x.shape
     n_p = len(_percent_values(percentiles))
     generator = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
