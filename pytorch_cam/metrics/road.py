@@ -148,25 +148,24 @@ def noisy_linear_impute(
     u = removed.to(device=x.device, dtype=dtype).repeat_interleave(c, dim=0)  # (B*C, H, W), 1 = unknown
     known = x * (1 - u)
     tmp, box = torch.empty_like(x), torch.empty_like(x)
+    # The operator A v = diag v - scale nsum(v): only the neighbour sum and the two weights differ.
     if table is None:
         # N(v) = (box121(v) - 4 v) / 12, so A v = u (wsum v - N(v)) = diag v - (u / 12) box121(v)
+        nsum = _box121
         wsum = (_box121(torch.ones_like(x[:1]), tmp[:1], box[:1]) - 4) / 12  # < 1 at the border
         diag, scale = u * (wsum + 1 / 3), u / 12
-
-        def apply_a(v: torch.Tensor, out: torch.Tensor, diag, scale, tmp, box) -> torch.Tensor:
-            torch.mul(diag, v, out=out)
-            return out.addcmul_(scale, _box121(v, tmp, box), value=-1)
-
-        rhs = scale * _box121(known, tmp, box)  # u N(known): the 4 known term is 0 where u = 1
     else:
-        wsum = _weighted_neighbour_sum(torch.ones_like(x[:1]), table)
-        diag, scale = u * wsum, u
 
-        def apply_a(v: torch.Tensor, out: torch.Tensor, diag, scale, tmp, box) -> torch.Tensor:
-            torch.mul(diag, v, out=out)
-            return out.addcmul_(scale, _weighted_neighbour_sum(v, table), value=-1)
+        def nsum(v: torch.Tensor, tmp: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+            return _weighted_neighbour_sum(v, table)
 
-        rhs = u * _weighted_neighbour_sum(known, table)
+        diag, scale = u * _weighted_neighbour_sum(torch.ones_like(x[:1]), table), u
+
+    def apply_a(v: torch.Tensor, out: torch.Tensor, diag, scale, tmp, box) -> torch.Tensor:
+        torch.mul(diag, v, out=out)
+        return out.addcmul_(scale, nsum(v, tmp, box), value=-1)
+
+    rhs = scale * nsum(known, tmp, box)  # u N(known) (default table: the 4 known term is 0 where u = 1)
 
     def dot(a: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:  # per system, (N, 1, 1), without a temporary
         return torch.bmm(a.reshape(a.shape[0], 1, -1), b_.reshape(b_.shape[0], -1, 1))
