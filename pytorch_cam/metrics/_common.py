@@ -7,6 +7,7 @@ and the scores returned as float32.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -255,6 +256,25 @@ def resolve_scoring(
     if score == "target":
         return None, resolve_targets(model, images, targets, forward)
     return resolve_classes(model, images, targets, forward), None
+
+
+def check_percentile(percentile: Union[float, str]) -> Union[float, str]:
+    """A percentile of the map's values at which to cut: a number in (0, 100) or ``"auto"`` (Otsu)."""
+    if percentile == "auto":
+        return percentile
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real):
+        raise ValueError(f"percentile must be a number strictly between 0 and 100 or 'auto', got {percentile!r}")
+    if not 0 < float(percentile) < 100:
+        raise ValueError(f"percentile must be strictly between 0 and 100 (or 'auto'), got {percentile!r}")
+    return percentile
+
+
+def percentile_list(percentiles) -> list:
+    """One percentile (a number or ``"auto"``) or several, as a non-empty checked list."""
+    values = [percentiles] if isinstance(percentiles, (str, numbers.Real)) else list(percentiles)
+    if not values:
+        raise ValueError("percentiles is empty: pass at least one value strictly between 0 and 100")
+    return [check_percentile(p) for p in values]
 
 
 def pixel_ranks(maps: torch.Tensor, descending: bool = True, seed: int = 0) -> torch.Tensor:

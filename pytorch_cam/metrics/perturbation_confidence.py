@@ -39,6 +39,8 @@ from pytorch_cam.metrics._common import (
     check_batch_size,
     check_images,
     check_maps,
+    check_percentile,
+    percentile_list,
     resolve_targets,
     score_rows,
 )
@@ -54,26 +56,11 @@ __all__ = [
 DEFAULT_PERCENTILES_LIST = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 
 
-def check_percentile(percentile: Union[float, str]) -> Union[float, str]:
-    """A percentile of the map's values at which to cut: a number in (0, 100) or ``"auto"`` (Otsu)."""
-    if percentile == "auto":
-        return percentile
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)):
-        raise ValueError(f"percentile must be a number strictly between 0 and 100 or 'auto', got {percentile!r}")
-    if not 0 < float(percentile) < 100:
-        raise ValueError(f"percentile must be strictly between 0 and 100 (or 'auto'), got {percentile!r}")
-    return percentile
-
-
 def _removed_percent(percentile: Union[float, str]) -> Union[float, str]:
     """pytorch-grad-cam's cut percentile p (pixels at or above the p-th percentile go) as the
     percentage of pixels that ``road_curve`` removes, 100 - p."""
     percentile = check_percentile(percentile)
     return percentile if percentile == "auto" else 100 - percentile
-
-
-def _as_list(values) -> list:
-    return [values] if isinstance(values, (str, int, float)) else list(values)
 
 
 class RemoveMostRelevantFirst:
@@ -198,7 +185,7 @@ class PerturbationConfidenceMetric:
             if return_visualization:
                 images = multiply_tensor_with_cam(x, maps[:, None].to(x.dtype))[:, None]
         elif isinstance(perturbation, RemoveMostRelevantFirst):
-            wanted = [perturbation.percentile] if percentiles is None else _as_list(percentiles)
+            wanted = [perturbation.percentile] if percentiles is None else percentile_list(percentiles)
             out = road_curve(
                 model,
                 x,
@@ -284,9 +271,7 @@ class AveragerAcrossThresholds:
         targets: Optional[Sequence[Callable]],
         model: nn.Module,
     ) -> np.ndarray:
-        percentiles = _as_list(self.percentiles)
-        if not percentiles:
-            raise ValueError("percentiles is empty: pass at least one percentile to average over")
+        percentiles = percentile_list(self.percentiles)
         metric = self.imputer(percentiles[0], **self.options)
         batched = (
             isinstance(metric, PerturbationConfidenceMetric)

@@ -29,7 +29,6 @@ map value at which to cut, target callables, numpy results of score changes), ba
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -45,6 +44,7 @@ from pytorch_cam.metrics._common import (
     check_images,
     check_maps,
     check_score,
+    percentile_list,
     pixel_ranks,
     resolve_scoring,
     score_rows,
@@ -254,19 +254,6 @@ def otsu_thresholds(levels: torch.Tensor) -> torch.Tensor:
     return sigma.argmax(dim=1)
 
 
-def _percent_values(percentiles) -> list:
-    values = [percentiles] if isinstance(percentiles, (str, numbers.Real)) else list(percentiles)
-    for p in values:
-        if isinstance(p, str):
-            if p != "auto":
-                raise ValueError(f"a percentile must be a number strictly between 0 and 100 or 'auto', got {p!r}")
-        elif isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < float(p) < 100:
-            raise ValueError(f"percentiles must be values strictly between 0 and 100 (or 'auto'), got {values}")
-    if not values:
-        raise ValueError("percentiles is empty: pass at least one value strictly between 0 and 100")
-    return values
-
-
 def removal(maps: torch.Tensor, order: str, percentiles: Sequence, ties: str = "random", seed: int = 0):
     """``removed(image_index, column)`` -> (R, H, W) bool: the pixels ROAD removes for each (image,
     percentile) row, from maps (B, H, W). See :func:`road_curve` for ``ties`` and ``"auto"``."""
@@ -274,7 +261,7 @@ def removal(maps: torch.Tensor, order: str, percentiles: Sequence, ties: str = "
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}")
     if ties not in ("random", "all"):
         raise ValueError(f"ties must be 'random' (exact pixel counts) or 'all' (percentile threshold), got {ties!r}")
-    values = _percent_values(percentiles)
+    values = percentile_list(percentiles)
     b, h, w = maps.shape
     device = maps.device
     flat = maps.reshape(b, -1)
@@ -351,7 +338,7 @@ def road_curve(
     removed = removal(m, order, percentiles, ties)
     classes, target_list = resolve_scoring(model, x, targets, score, forward)
     b, c, h, w = x.shape
-    n_p = len(_percent_values(percentiles))
+    n_p = len(percentile_list(percentiles))
     generator = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
     if imputer is None:
 
