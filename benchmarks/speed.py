@@ -345,12 +345,12 @@ def gradcam_lib_runner(method: str, model: nn.Module, layer: nn.Module, x: torch
     # (the floors, ours) on a GPU. So they exist only while the peer runs.
     inners = [getattr(cam, "base_cam", None), *getattr(cam, "base_cam_per_layer", [])] + [cam]
     inners = [c for c in inners if c is not None and hasattr(c, "activations_and_grads")]
-    for c in inners:
-        c.activations_and_grads.release()
 
     def release() -> None:
         for c in inners:
             c.activations_and_grads.release()
+
+    release()
 
     def run() -> Any:
         import tqdm
